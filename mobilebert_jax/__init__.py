@@ -1,0 +1,38 @@
+"""mobilebert_jax: MobileBERT in JAX/Flax.
+
+The model classes mirror transformers' `MobileBert*` classes; weights load from and save to
+Hugging Face directories (and, through `load_pretrained`, the TensorFlow checkpoints).
+"""
+
+from mobilebert_jax.config import PRESETS, MobileBertConfig
+from mobilebert_jax.encoder import MobileBertModel
+from mobilebert_jax.models import (
+  MODEL_CLASSES,
+  MobileBertForMaskedLM,
+  MobileBertForMultipleChoice,
+  MobileBertForNextSentencePrediction,
+  MobileBertForPreTraining,
+  MobileBertForQuestionAnswering,
+  MobileBertForSequenceClassification,
+  MobileBertForTokenClassification,
+  abstract_params,
+  init_params,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "MODEL_CLASSES",
+  "PRESETS",
+  "MobileBertConfig",
+  "MobileBertForMaskedLM",
+  "MobileBertForMultipleChoice",
+  "MobileBertForNextSentencePrediction",
+  "MobileBertForPreTraining",
+  "MobileBertForQuestionAnswering",
+  "MobileBertForSequenceClassification",
+  "MobileBertForTokenClassification",
+  "MobileBertModel",
+  "abstract_params",
+  "init_params",
+]

@@ -1,0 +1,503 @@
+"""The MobileBERT encoder: trigram embeddings, bottlenecked blocks, the block stack and pooler.
+
+The forward pass follows spec section 3 step by step. Block parameters are named after the TF2
+Model Garden layout (`bottleneck_input`, `kq_shared_bottleneck`, `attention`, `ffn_{f}`,
+`bottleneck_output`), with all F feed-forward networks numbered uniformly; the importers map the
+TF1 and transformers names onto it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.layers import (
+  Dense,
+  activation,
+  constrain,
+  dtype_of,
+  kernel_init,
+  make_norm,
+  partitioned,
+  quirk_eps,
+)
+from mobilebert_jax.outputs import MobileBertModelOutput
+
+Array = jax.Array
+
+
+def _block_width_axis(config: MobileBertConfig) -> str:
+  """Logical name of the width inside a block (b with bottlenecks, H without)."""
+  return "bottleneck" if config.use_bottleneck else "hidden"
+
+
+def _attention_input_axes(config: MobileBertConfig) -> tuple[str, str]:
+  """Logical names of the query/key input width and of the value input width."""
+  if not config.use_bottleneck:
+    return "hidden", "hidden"
+  if config.use_bottleneck_attention:
+    return "bottleneck", "bottleneck"
+  if config.key_query_shared_bottleneck:
+    return "bottleneck", "hidden"
+  return "hidden", "hidden"
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def trigram(embeddings: Array) -> Array:
+  """Concatenates (next, current, previous) token embeddings along the feature axis.
+
+  The "next" slot of the last position and the "previous" slot of the first position are zero
+  (spec 3.1 step 2, pitfall P4: this order is what all references use).
+
+  Args:
+    embeddings: [batch, length, E].
+
+  Returns:
+    [batch, length, 3E].
+  """
+  zeros = jnp.zeros_like(embeddings[:, :1])
+  next_tokens = jnp.concatenate([embeddings[:, 1:], zeros], axis=1)
+  previous_tokens = jnp.concatenate([zeros, embeddings[:, :-1]], axis=1)
+  return jnp.concatenate([next_tokens, embeddings, previous_tokens], axis=-1)
+
+
+def lookup(table: Array, ids: Array) -> Array:
+  """Row lookup that turns out-of-range ids into NaN rows instead of clamping them.
+
+  Under `jit` the ids cannot be checked on the host; a silent clamp would give a plausible but
+  wrong answer, whereas NaN poisons every output that depends on the bad token.
+  """
+  ids = jnp.where(ids < 0, table.shape[0], ids)
+  return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+class MobileBertEmbeddings(nn.Module):
+  """Word (trigram) + position + segment embeddings, normalised, with dropout."""
+
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array | None,
+               deterministic: bool) -> Array:
+    """Embeds a batch.
+
+    Args:
+      input_ids: [batch, length] int token ids.
+      token_type_ids: [batch, length] int segment ids.
+      attention_mask: [batch, length] 1 for real tokens (used only by the padding-invariant
+        trigram option).
+      deterministic: disables dropout.
+
+    Returns:
+      [batch, length, hidden_size] float32.
+    """
+    config = self.config
+    param_dtype = dtype_of(config.param_dtype)
+    init = kernel_init(config)
+    word_table = self.param(
+      "word_embeddings", partitioned(init, ("vocab", "embed")),
+      (config.vocab_size, config.embedding_size), param_dtype)
+    position_table = self.param(
+      "position_embeddings", partitioned(init, ("position", "hidden")),
+      (config.max_position_embeddings, config.hidden_size), param_dtype)
+    type_table = self.param(
+      "token_type_embeddings", partitioned(init, ("type_vocab", "hidden")),
+      (config.type_vocab_size, config.hidden_size), param_dtype)
+
+    length = input_ids.shape[1]
+    words = lookup(word_table, input_ids).astype(dtype_of(config.dtype))
+    if config.padding_invariant_trigram and attention_mask is not None:
+      words = words * attention_mask[..., None].astype(words.dtype)
+    if config.trigram_input:
+      words = trigram(words)
+    if config.has_embedding_projection:
+      words = Dense(config.hidden_size, ("embed_input", "hidden"), config,
+                    name="embedding_transformation")(words)
+    positions = position_table[:length].astype(jnp.float32)
+    types = lookup(type_table, token_type_ids).astype(jnp.float32)
+    embeddings = words.astype(jnp.float32) + positions[None] + types
+    embeddings = make_norm(config, "hidden", "norm", epsilon=quirk_eps(config))(embeddings)
+    embeddings = nn.Dropout(config.hidden_dropout_prob)(embeddings, deterministic=deterministic)
+    return embeddings
+
+  def word_embedding_table(self) -> Array:
+    """The [vocab_size, embedding_size] word table (shared with the MLM output layer)."""
+    return nn.meta.unbox(self.get_variable("params", "word_embeddings"))
+
+
+# ----------------------------------------------------------------------------------------------
+# One block
+# ----------------------------------------------------------------------------------------------
+
+
+class BottleneckLayer(nn.Module):
+  """Dense H -> b followed by the block norm (input and shared key/query bottlenecks)."""
+
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x: [batch, length, hidden]. Returns: [batch, length, intra_bottleneck] float32."""
+    config = self.config
+    y = Dense(config.intra_bottleneck_size, ("hidden", "bottleneck"), config, name="dense")(x)
+    return make_norm(config, "bottleneck", "norm")(y)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head attention, output projection and the normalised residual (spec 3.2 steps 3-7).
+
+  Attributes:
+    config: model config.
+    deterministic: disables dropout.
+  """
+
+  config: MobileBertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, query_input: Array, key_input: Array, value_input: Array, residual: Array,
+               mask: Array) -> tuple[Array, Array]:
+    """Attends.
+
+    Args:
+      query_input: [batch, length, attention_input_size].
+      key_input: [batch, length, attention_input_size].
+      value_input: [batch, length, value_input_size].
+      residual: [batch, length, true_hidden_size] tensor added before the norm.
+      mask: [batch, 1, 1, length] bool, True for keys that may be attended to.
+
+    Returns:
+      ([batch, length, true_hidden_size] float32 output,
+       [batch, heads, length, length] float32 attention probabilities before dropout).
+    """
+    config = self.config
+    heads, head_size = config.num_attention_heads, config.attention_head_size
+    qk_axis, v_axis = _attention_input_axes(config)
+    query = Dense((heads, head_size), (qk_axis, "heads", "kv"), config, name="query")(query_input)
+    key = Dense((heads, head_size), (qk_axis, "heads", "kv"), config, name="key")(key_input)
+    value = Dense((heads, head_size), (v_axis, "heads", "kv"), config, name="value")(value_input)
+
+    # Scores in float32: the product is scaled after the matmul, as TF1 and transformers do.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = scores * np.float32(head_size ** -0.5)
+    if config.masked_attention_logit is None:
+      fill = jnp.finfo(jnp.float32).min
+    else:
+      fill = jnp.float32(config.masked_attention_logit)
+    scores = jnp.where(mask, scores, fill)
+    probs = jax.nn.softmax(scores, axis=-1)
+    dropped = nn.Dropout(config.attention_probs_dropout_prob)(
+      probs, deterministic=self.deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(value.dtype), value)
+
+    width = config.true_hidden_size
+    width_axis = _block_width_axis(config)
+    output = Dense(width, ("heads", "kv", width_axis), config, contract_dims=2,
+                   name="output")(context)
+    if not config.use_bottleneck:
+      output = nn.Dropout(config.hidden_dropout_prob)(output, deterministic=self.deterministic)
+    output = make_norm(config, width_axis, "norm")(output.astype(jnp.float32) + residual)
+    return output, probs
+
+
+class FeedForward(nn.Module):
+  """One FFN: dense b -> I, activation, dense I -> b, normalised residual.
+
+  Attributes:
+    config: model config.
+    is_last: the block's final FFN (transformers' `intermediate`/`output`), which has hidden
+      dropout in the plain-BERT path and, in transformers, the ε quirk.
+    deterministic: disables dropout.
+  """
+
+  config: MobileBertConfig
+  is_last: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x: [batch, length, true_hidden]. Returns: same shape, float32."""
+    config = self.config
+    width_axis = _block_width_axis(config)
+    h = Dense(config.intermediate_size, (width_axis, "mlp"), config, name="intermediate")(x)
+    h = activation(config.hidden_act)(h)
+    h = Dense(config.true_hidden_size, ("mlp", width_axis), config, name="output")(h)
+    if self.is_last and not config.use_bottleneck:
+      h = nn.Dropout(config.hidden_dropout_prob)(h, deterministic=self.deterministic)
+    eps = quirk_eps(config) if self.is_last else None
+    return make_norm(config, width_axis, "norm", epsilon=eps)(h.astype(jnp.float32) + x)
+
+
+class OutputBottleneck(nn.Module):
+  """Dense b -> H, dropout, normalised residual with the block input (spec 3.2 step 9)."""
+
+  config: MobileBertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, block_input: Array) -> Array:
+    """Args: x: [batch, length, b]; block_input: [batch, length, H]. Returns: [.., H] f32."""
+    config = self.config
+    y = Dense(config.hidden_size, ("bottleneck", "hidden"), config, name="dense")(x)
+    y = nn.Dropout(config.hidden_dropout_prob)(y, deterministic=self.deterministic)
+    return make_norm(config, "hidden", "norm")(y.astype(jnp.float32) + block_input)
+
+
+class MobileBertBlock(nn.Module):
+  """One MobileBERT block (or a plain BERT block when `use_bottleneck` is False).
+
+  The call signature `(carry, mask) -> (carry, per_layer_outputs)` lets the same module run
+  unrolled or under `nn.scan`.
+
+  Attributes:
+    config: model config.
+    deterministic: disables dropout.
+    output_hidden_states: also return this block's output as a per-layer output.
+    output_attentions: also return this block's attention probabilities.
+  """
+
+  config: MobileBertConfig
+  deterministic: bool = True
+  output_hidden_states: bool = False
+  output_attentions: bool = False
+
+  @nn.compact
+  def __call__(self, hidden_states: Array, mask: Array
+               ) -> tuple[Array, tuple[Array | None, Array | None]]:
+    """Runs the block.
+
+    Args:
+      hidden_states: [batch, length, hidden_size] float32 block input X.
+      mask: [batch, 1, 1, length] bool key mask.
+
+    Returns:
+      (output [batch, length, hidden_size] float32,
+       (the output again if `output_hidden_states` else None,
+        attention probabilities if `output_attentions` else None)).
+    """
+    config = self.config
+    x = hidden_states
+    if config.use_bottleneck:
+      layer_input = BottleneckLayer(config, name="bottleneck_input")(x)
+      if config.use_bottleneck_attention:
+        query_input = key_input = value_input = layer_input
+      elif config.key_query_shared_bottleneck:
+        shared = BottleneckLayer(config, name="kq_shared_bottleneck")(x)
+        query_input = key_input = shared
+        value_input = x
+      else:
+        query_input = key_input = value_input = x
+    else:
+      query_input = key_input = value_input = layer_input = x
+
+    attention_output, probs = SelfAttention(config, self.deterministic, name="attention")(
+      query_input, key_input, value_input, layer_input, mask)
+    ffn_output = attention_output
+    for f in range(config.num_feedforward_networks):
+      is_last = f == config.num_feedforward_networks - 1
+      ffn_output = FeedForward(config, is_last, self.deterministic, name=f"ffn_{f}")(ffn_output)
+    if config.use_bottleneck:
+      output = OutputBottleneck(config, self.deterministic, name="bottleneck_output")(
+        ffn_output, x)
+    else:
+      output = ffn_output
+    output = constrain(output, ("batch", "length", "hidden"))
+    return output, (output if self.output_hidden_states else None,
+                    probs if self.output_attentions else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The block stack
+# ----------------------------------------------------------------------------------------------
+
+_REMAT_POLICIES = {
+  "full": None,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class MobileBertEncoder(nn.Module):
+  """The stack of `num_hidden_layers` blocks, unrolled or scanned.
+
+  Unrolled, block i's parameters live under `layer_{i}`; with `config.scan_layers` they are
+  stacked on a leading axis (logical name "layers") under `layers`. `stack_layers` and
+  `unstack_layers` in `mobilebert_jax.weights.layout` convert between the two.
+  """
+
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, hidden_states: Array, mask: Array, deterministic: bool,
+               output_hidden_states: bool, output_attentions: bool
+               ) -> tuple[Array, tuple[Array, ...] | None, tuple[Array, ...] | None]:
+    """Runs all blocks.
+
+    Args:
+      hidden_states: [batch, length, hidden] embedding output.
+      mask: [batch, 1, 1, length] bool key mask.
+      deterministic: disables dropout.
+      output_hidden_states: collect every block's output.
+      output_attentions: collect every block's attention probabilities.
+
+    Returns:
+      (last hidden state, per-block outputs or None, per-block attentions or None).
+    """
+    config = self.config
+    block_cls = MobileBertBlock
+    if config.remat_policy != "none":
+      block_cls = nn.remat(block_cls, policy=_REMAT_POLICIES[config.remat_policy],
+                           prevent_cse=not config.scan_layers)
+    kwargs = dict(config=config, deterministic=deterministic,
+                  output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    if config.scan_layers:
+      scanned = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,),
+        length=config.num_hidden_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      hidden_states, (all_hidden, all_probs) = scanned(**kwargs, name="layers")(
+        hidden_states, mask)
+      per_layer_hidden = tuple(all_hidden) if output_hidden_states else None
+      per_layer_probs = tuple(all_probs) if output_attentions else None
+    else:
+      hidden_list, probs_list = [], []
+      for i in range(config.num_hidden_layers):
+        hidden_states, (layer_hidden, layer_probs) = block_cls(**kwargs, name=f"layer_{i}")(
+          hidden_states, mask)
+        hidden_list.append(layer_hidden)
+        probs_list.append(layer_probs)
+      per_layer_hidden = tuple(hidden_list) if output_hidden_states else None
+      per_layer_probs = tuple(probs_list) if output_attentions else None
+    return hidden_states, per_layer_hidden, per_layer_probs
+
+
+class MobileBertPooler(nn.Module):
+  """First-token pooling: tanh(Dense(h[:, 0])) or, without `classifier_activation`, h[:, 0]."""
+
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, hidden_states: Array) -> Array:
+    """Args: hidden_states: [batch, length, hidden]. Returns: [batch, hidden] float32."""
+    first = hidden_states[:, 0]
+    if not self.config.classifier_activation:
+      return first
+    pooled = Dense(self.config.hidden_size, ("hidden", "hidden_out"), self.config,
+                   name="dense")(first)
+    return jnp.tanh(pooled.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# The base model
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_concrete(x: object) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def validate_inputs(config: MobileBertConfig, input_ids: Array, attention_mask: Array | None,
+                    token_type_ids: Array | None) -> None:
+  """Raises a clear error for inputs the model cannot take.
+
+  Shapes are always checked. Values (ids within the tables) are checked when the arrays are
+  concrete, i.e. outside `jit`; under `jit` an out-of-range id yields NaN outputs instead.
+
+  Raises:
+    ValueError: naming the problem.
+  """
+  shape = tuple(input_ids.shape)
+  if len(shape) != 2:
+    raise ValueError(f"input_ids must be [batch, length], got shape {shape}")
+  if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+    raise ValueError(f"input_ids must be integers, got dtype {input_ids.dtype}")
+  if shape[1] > config.max_position_embeddings:
+    raise ValueError(
+      f"sequence length {shape[1]} exceeds max_position_embeddings "
+      f"({config.max_position_embeddings}): the position table has no row for it")
+  if shape[1] == 0:
+    raise ValueError("input_ids has length 0")
+  for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+    if other is not None and tuple(other.shape) != shape:
+      raise ValueError(f"{name} has shape {tuple(other.shape)} but input_ids has shape {shape}")
+  if _is_concrete(input_ids) and input_ids.size:
+    low, high = int(jnp.min(input_ids)), int(jnp.max(input_ids))
+    if low < 0 or high >= config.vocab_size:
+      bad = high if high >= config.vocab_size else low
+      raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
+  if token_type_ids is not None and _is_concrete(token_type_ids) and token_type_ids.size:
+    low, high = int(jnp.min(token_type_ids)), int(jnp.max(token_type_ids))
+    if low < 0 or high >= config.type_vocab_size:
+      bad = high if high >= config.type_vocab_size else low
+      raise ValueError(
+        f"token type id {bad} is outside [0, type_vocab_size={config.type_vocab_size})")
+
+
+class MobileBertModel(nn.Module):
+  """The bare encoder: embeddings, blocks and (optionally) the pooler.
+
+  Attributes:
+    config: model config.
+    add_pooling_layer: build the pooler (transformers drops it for the MLM, token
+      classification and QA models).
+  """
+
+  config: MobileBertConfig
+  add_pooling_layer: bool = True
+
+  def setup(self):
+    self.embeddings = MobileBertEmbeddings(self.config)
+    self.encoder = MobileBertEncoder(self.config)
+    if self.add_pooling_layer:
+      self.pooler = MobileBertPooler(self.config)
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               token_type_ids: Array | None = None, deterministic: bool = True,
+               output_hidden_states: bool = False, output_attentions: bool = False
+               ) -> MobileBertModelOutput:
+    """Encodes a batch.
+
+    Args:
+      input_ids: [batch, length] token ids.
+      attention_mask: [batch, length], 1 for real tokens and 0 for padding (default all 1).
+      token_type_ids: [batch, length] segment ids (default all 0).
+      deterministic: disables dropout; pass False and a "dropout" rng to train.
+      output_hidden_states: return the embedding output and every block's output.
+      output_attentions: return every block's attention probabilities.
+
+    Returns:
+      `MobileBertModelOutput`.
+
+    Raises:
+      ValueError: on inputs the model cannot take (see `validate_inputs`).
+    """
+    validate_inputs(self.config, input_ids, attention_mask, token_type_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    embeddings = self.embeddings(input_ids, token_type_ids, attention_mask, deterministic)
+    embeddings = constrain(embeddings, ("batch", "length", "hidden"))
+    if attention_mask is None:
+      mask = jnp.ones((input_ids.shape[0], 1, 1, input_ids.shape[1]), dtype=bool)
+    else:
+      mask = (attention_mask != 0)[:, None, None, :]
+    last, per_layer_hidden, per_layer_probs = self.encoder(
+      embeddings, mask, deterministic, output_hidden_states, output_attentions)
+    pooled = self.pooler(last) if self.add_pooling_layer else None
+    hidden_states = (embeddings, *per_layer_hidden) if output_hidden_states else None
+    return MobileBertModelOutput(last_hidden_state=last, pooler_output=pooled,
+                                 hidden_states=hidden_states, attentions=per_layer_probs)
+
+  def word_embedding_table(self) -> Array:
+    """The [vocab_size, embedding_size] word table (tied to the MLM output layer)."""
+    return self.embeddings.word_embedding_table()

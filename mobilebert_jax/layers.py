@@ -1,0 +1,203 @@
+"""Small building blocks shared by the encoder and the heads.
+
+Every parameter is created through `nn.with_logical_partitioning`, so a sharding rule set can
+map its logical axis names (`vocab`, `embed`, `hidden`, `bottleneck`, `mlp`, `heads`, `kv`,
+`layers`, ...) onto a device mesh without touching the model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilebert_jax.config import MobileBertConfig
+
+Array = jax.Array
+Axes = tuple[str | None, ...]
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  """Maps a config dtype string ("float32", "bfloat16", "float16") to a NumPy dtype."""
+  return jnp.dtype(name)
+
+
+def kernel_init(config: MobileBertConfig) -> Callable:
+  """Truncated-normal initialiser with σ = `initializer_range`, as the TF reference uses."""
+  return nn.initializers.truncated_normal(stddev=config.initializer_range)
+
+
+def partitioned(init: Callable, axes: Axes) -> Callable:
+  """Attaches logical axis names to an initialiser."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+def gelu_tanh(x: Array) -> Array:
+  """GELU, tanh approximation (TF's "gelu", transformers' "gelu_new")."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+def gelu_exact(x: Array) -> Array:
+  """GELU, exact erf form (transformers' "gelu")."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATION_FNS: dict[str, Callable[[Array], Array]] = {
+  "relu": jax.nn.relu,
+  "relu6": jax.nn.relu6,
+  "gelu": gelu_exact,
+  "gelu_new": gelu_tanh,
+  "gelu_pytorch_tanh": gelu_tanh,
+  "tanh": jnp.tanh,
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """Returns the activation function of a config's `hidden_act` name."""
+  try:
+    return ACTIVATION_FNS[name]
+  except KeyError:
+    raise ValueError(f"Unknown activation {name!r}; known: {sorted(ACTIVATION_FNS)}") from None
+
+
+class Dense(nn.Module):
+  """y = x·W + c with W stored [in, *features] (TF layout) and logical axis names.
+
+  Attributes:
+    features: output feature shape (an int or a tuple for per-head outputs).
+    kernel_axes: logical names of the kernel dimensions (input axes first).
+    config: model config (initialiser range, dtypes).
+    contract_dims: how many trailing input dimensions to contract (2 for [heads, kv] inputs).
+    use_bias: whether to add a bias.
+  """
+
+  features: int | Sequence[int]
+  kernel_axes: Axes
+  config: MobileBertConfig
+  contract_dims: int = 1
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Applies the layer.
+
+    Args:
+      x: [..., *in_features] input.
+
+    Returns:
+      [..., *features] output in the compute dtype.
+    """
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    in_shape = x.shape[-self.contract_dims:]
+    if len(self.kernel_axes) != len(in_shape) + len(features):
+      raise ValueError(f"kernel_axes {self.kernel_axes} do not match a kernel of "
+                       f"{len(in_shape) + len(features)} dims")
+    param_dtype = dtype_of(self.config.param_dtype)
+    kernel = self.param("kernel", partitioned(kernel_init(self.config), self.kernel_axes),
+                        (*in_shape, *features), param_dtype)
+    compute = dtype_of(self.config.dtype)
+    x = x.astype(compute)
+    kernel = kernel.astype(compute)
+    y = jax.lax.dot_general(
+      x, kernel,
+      ((tuple(range(x.ndim - self.contract_dims, x.ndim)), tuple(range(self.contract_dims))),
+       ((), ())))
+    if self.use_bias:
+      bias_axes = self.kernel_axes[len(in_shape):]
+      bias = self.param("bias", partitioned(nn.initializers.zeros_init(), bias_axes),
+                        features, param_dtype)
+      y = y + bias.astype(compute)
+    return y
+
+
+class NoNorm(nn.Module):
+  """MobileBERT's NoNorm: y = x ⊙ γ + β, with no statistics and no epsilon.
+
+  Computed in float32 whatever the compute dtype: the residual stream of the released model
+  reaches 1e7 (spec P1), so it is kept at full precision.
+
+  Attributes:
+    axis_name: logical name of the feature axis.
+    config: model config.
+  """
+
+  axis_name: str
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x: [..., width]. Returns: [..., width] float32."""
+    param_dtype = dtype_of(self.config.param_dtype)
+    width = x.shape[-1]
+    scale = self.param("scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)),
+                       (width,), param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)),
+                      (width,), param_dtype)
+    return x.astype(jnp.float32) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with the biased variance, computed in float32.
+
+  Attributes:
+    axis_name: logical name of the feature axis.
+    epsilon: added to the variance.
+    config: model config.
+  """
+
+  axis_name: str
+  epsilon: float
+  config: MobileBertConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x: [..., width]. Returns: [..., width] float32."""
+    param_dtype = dtype_of(self.config.param_dtype)
+    width = x.shape[-1]
+    scale = self.param("scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)),
+                       (width,), param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)),
+                      (width,), param_dtype)
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    variance = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
+    normed = centered * jax.lax.rsqrt(variance + self.epsilon)
+    return normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def make_norm(config: MobileBertConfig, axis_name: str, name: str,
+              epsilon: float | None = None) -> nn.Module:
+  """Builds the block normalisation the config asks for (NoNorm or LayerNorm).
+
+  Args:
+    config: model config.
+    axis_name: logical name of the normalised axis.
+    name: submodule name.
+    epsilon: LayerNorm epsilon; defaults to `config.layer_norm_eps`.
+
+  Returns:
+    An unbound NoNorm or LayerNorm module.
+  """
+  if config.normalization_type == "no_norm":
+    return NoNorm(axis_name=axis_name, config=config, name=name)
+  eps = config.layer_norm_eps if epsilon is None else epsilon
+  return LayerNorm(axis_name=axis_name, epsilon=eps, config=config, name=name)
+
+
+# PyTorch's nn.LayerNorm default, which transformers' MobileBERT uses in two places (P8).
+TORCH_DEFAULT_LAYER_NORM_EPS = 1e-5
+
+
+def quirk_eps(config: MobileBertConfig) -> float | None:
+  """Epsilon for the two LayerNorms that transformers builds without `layer_norm_eps`."""
+  return TORCH_DEFAULT_LAYER_NORM_EPS if config.hf_layer_norm_eps_quirk else None
+
+
+def constrain(x: Array, axes: Axes) -> Array:
+  """Applies a logical sharding constraint (a no-op outside a mesh with rules)."""
+  return nn.with_logical_constraint(x, axes)

@@ -1,0 +1,222 @@
+"""The explicit name table between our parameter tree and transformers' PyTorch state dict.
+
+One `TensorMapping` per tensor (spec 6.4). transformers stores linear weights [out, in]; we store
+kernels [in, out], with the query/key/value kernels split per head ([in, heads, head_size]) and
+the attention-output kernel [heads, head_size, out], as the TF2 Model Garden does. The head split
+is a plain row-major reshape (feature index = head * head_size + k) in every reference.
+
+The table is the only place that knows transformers' names: the importer and the exporter both
+walk it, so a tensor can neither be forgotten on the way in nor on the way out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from mobilebert_jax.config import MobileBertConfig
+
+Transform = Literal["copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads",
+                    "transpose"]
+
+# Which model classes have which top-level parts, as in transformers.
+_HAS_POOLER = {
+  "MobileBertModel": True, "MobileBertForPreTraining": True, "MobileBertForMaskedLM": False,
+  "MobileBertForNextSentencePrediction": True, "MobileBertForSequenceClassification": True,
+  "MobileBertForMultipleChoice": True, "MobileBertForTokenClassification": False,
+  "MobileBertForQuestionAnswering": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMapping:
+  """One tensor: our path (tuple of keys), transformers' key, and how to convert.
+
+  Attributes:
+    ours: path in our parameter tree, e.g. ("mobilebert", "encoder", "layer_0", ...).
+    theirs: transformers state-dict key.
+    transform: "copy"; "linear" ([out, in] <-> [in, out]); "linear_to_heads" ([A*d, in] <->
+      [in, A, d]); "bias_to_heads" ([A*d] <-> [A, d]); "linear_from_heads" ([out, A*d] <->
+      [A, d, out]); "transpose" (2-D transpose).
+  """
+
+  ours: tuple[str, ...]
+  theirs: str
+  transform: Transform = "copy"
+
+
+def to_ours(array: np.ndarray, transform: Transform, our_shape: tuple[int, ...]) -> np.ndarray:
+  """Converts a transformers tensor to our layout.
+
+  Args:
+    array: the transformers tensor.
+    transform: see `TensorMapping`.
+    our_shape: the shape our parameter has (gives the head split).
+
+  Returns:
+    The tensor in our layout (a new contiguous array).
+  """
+  if transform == "copy":
+    return np.ascontiguousarray(array)
+  if transform in ("linear", "transpose"):
+    return np.ascontiguousarray(array.T)
+  if transform == "linear_to_heads":
+    return np.ascontiguousarray(array.T).reshape(our_shape)
+  if transform == "bias_to_heads":
+    return np.ascontiguousarray(array).reshape(our_shape)
+  if transform == "linear_from_heads":
+    return np.ascontiguousarray(array.T).reshape(our_shape)
+  raise ValueError(f"unknown transform {transform!r}")
+
+
+def to_theirs(array: np.ndarray, transform: Transform) -> np.ndarray:
+  """Converts one of our tensors to transformers' layout (inverse of `to_ours`)."""
+  if transform == "copy":
+    return np.ascontiguousarray(array)
+  if transform in ("linear", "transpose"):
+    return np.ascontiguousarray(array.T)
+  if transform == "linear_to_heads":  # [in, A, d] -> [A*d, in]
+    return np.ascontiguousarray(array.reshape(array.shape[0], -1).T)
+  if transform == "bias_to_heads":  # [A, d] -> [A*d]
+    return np.ascontiguousarray(array.reshape(-1))
+  if transform == "linear_from_heads":  # [A, d, out] -> [out, A*d]
+    return np.ascontiguousarray(array.reshape(-1, array.shape[-1]).T)
+  raise ValueError(f"unknown transform {transform!r}")
+
+
+def their_shape(our_shape: tuple[int, ...], transform: Transform) -> tuple[int, ...]:
+  """Shape transformers uses for a tensor of `our_shape`."""
+  return to_theirs(np.empty(our_shape, dtype=np.int8), transform).shape
+
+
+def _dense(ours: tuple[str, ...], theirs: str, kernel: Transform = "linear",
+           bias: Transform = "copy") -> list[TensorMapping]:
+  return [TensorMapping((*ours, "kernel"), f"{theirs}.weight", kernel),
+          TensorMapping((*ours, "bias"), f"{theirs}.bias", bias)]
+
+
+def _norm(ours: tuple[str, ...], theirs: str) -> list[TensorMapping]:
+  return [TensorMapping((*ours, "scale"), f"{theirs}.weight"),
+          TensorMapping((*ours, "bias"), f"{theirs}.bias")]
+
+
+def _block(config: MobileBertConfig, ours: tuple[str, ...], theirs: str) -> list[TensorMapping]:
+  table: list[TensorMapping] = []
+  if config.use_bottleneck:
+    table += _dense((*ours, "bottleneck_input", "dense"), f"{theirs}.bottleneck.input.dense")
+    table += _norm((*ours, "bottleneck_input", "norm"), f"{theirs}.bottleneck.input.LayerNorm")
+    if config.uses_shared_bottleneck:
+      table += _dense((*ours, "kq_shared_bottleneck", "dense"),
+                      f"{theirs}.bottleneck.attention.dense")
+      table += _norm((*ours, "kq_shared_bottleneck", "norm"),
+                     f"{theirs}.bottleneck.attention.LayerNorm")
+  for proj in ("query", "key", "value"):
+    table += _dense((*ours, "attention", proj), f"{theirs}.attention.self.{proj}",
+                    kernel="linear_to_heads", bias="bias_to_heads")
+  table += _dense((*ours, "attention", "output"), f"{theirs}.attention.output.dense",
+                  kernel="linear_from_heads")
+  table += _norm((*ours, "attention", "norm"), f"{theirs}.attention.output.LayerNorm")
+  last = config.num_feedforward_networks - 1
+  for f in range(config.num_feedforward_networks):
+    # transformers numbers the first F-1 FFNs `ffn.{f}` and calls the last one the block's own
+    # `intermediate`/`output`.
+    if f < last:
+      names = (f"{theirs}.ffn.{f}.intermediate.dense", f"{theirs}.ffn.{f}.output.dense",
+               f"{theirs}.ffn.{f}.output.LayerNorm")
+    else:
+      names = (f"{theirs}.intermediate.dense", f"{theirs}.output.dense",
+               f"{theirs}.output.LayerNorm")
+    table += _dense((*ours, f"ffn_{f}", "intermediate"), names[0])
+    table += _dense((*ours, f"ffn_{f}", "output"), names[1])
+    table += _norm((*ours, f"ffn_{f}", "norm"), names[2])
+  if config.use_bottleneck:
+    table += _dense((*ours, "bottleneck_output", "dense"), f"{theirs}.output.bottleneck.dense")
+    table += _norm((*ours, "bottleneck_output", "norm"), f"{theirs}.output.bottleneck.LayerNorm")
+  return table
+
+
+def encoder_table(config: MobileBertConfig, ours: tuple[str, ...], theirs: str,
+                  add_pooling_layer: bool) -> list[TensorMapping]:
+  """Name table of `MobileBertModel` (embeddings, unscanned blocks, pooler).
+
+  Args:
+    config: model config.
+    ours: prefix of the encoder in our tree (() or ("mobilebert",)).
+    theirs: prefix in transformers ("" or "mobilebert.").
+    add_pooling_layer: whether the model has a pooler.
+
+  Returns:
+    The mappings, blocks as `layer_{i}` (stack them for `scan_layers`).
+  """
+  emb, temb = (*ours, "embeddings"), f"{theirs}embeddings"
+  table = [
+    TensorMapping((*emb, "word_embeddings"), f"{temb}.word_embeddings.weight"),
+    TensorMapping((*emb, "position_embeddings"), f"{temb}.position_embeddings.weight"),
+    TensorMapping((*emb, "token_type_embeddings"), f"{temb}.token_type_embeddings.weight"),
+  ]
+  if config.has_embedding_projection:
+    table += _dense((*emb, "embedding_transformation"), f"{temb}.embedding_transformation")
+  table += _norm((*emb, "norm"), f"{temb}.LayerNorm")
+  for i in range(config.num_hidden_layers):
+    table += _block(config, (*ours, "encoder", f"layer_{i}"), f"{theirs}encoder.layer.{i}")
+  if add_pooling_layer and config.classifier_activation:
+    table += _dense((*ours, "pooler", "dense"), f"{theirs}pooler.dense")
+  return table
+
+
+def _mlm_table(config: MobileBertConfig) -> list[TensorMapping]:
+  head = ("cls", "predictions")
+  table = _dense((*head, "transform_dense"), "cls.predictions.transform.dense")
+  table += _norm((*head, "transform_layer_norm"), "cls.predictions.transform.LayerNorm")
+  if config.hidden_size > config.embedding_size:
+    table.append(TensorMapping((*head, "extra_output_weights"), "cls.predictions.dense.weight",
+                               "transpose"))
+  table.append(TensorMapping((*head, "bias"), "cls.predictions.bias"))
+  return table
+
+
+def model_table(config: MobileBertConfig, model_class: str) -> list[TensorMapping]:
+  """Full name table of one model class.
+
+  Args:
+    config: model config.
+    model_class: class name, e.g. "MobileBertForQuestionAnswering".
+
+  Returns:
+    Mappings for every parameter of that class (unscanned layout).
+  """
+  if model_class not in _HAS_POOLER:
+    raise ValueError(f"unknown model class {model_class!r}; known: {sorted(_HAS_POOLER)}")
+  pooler = _HAS_POOLER[model_class]
+  if model_class == "MobileBertModel":
+    return encoder_table(config, (), "", pooler)
+  table = encoder_table(config, ("mobilebert",), "mobilebert.", pooler)
+  if model_class in ("MobileBertForPreTraining", "MobileBertForMaskedLM"):
+    table += _mlm_table(config)
+  if model_class in ("MobileBertForPreTraining", "MobileBertForNextSentencePrediction"):
+    table += _dense(("cls", "seq_relationship"), "cls.seq_relationship")
+  if model_class in ("MobileBertForSequenceClassification", "MobileBertForMultipleChoice",
+                     "MobileBertForTokenClassification"):
+    table += _dense(("classifier",), "classifier")
+  if model_class == "MobileBertForQuestionAnswering":
+    table += _dense(("qa_outputs",), "qa_outputs")
+  return table
+
+
+def tied_or_buffer_keys(model_class: str) -> dict[str, str]:
+  """Keys transformers may store besides the table: tied copies and buffers.
+
+  They carry no information of their own, so the importer neither loads them nor reports them
+  as unused; the exporter writes the tied ones for older readers.
+
+  Returns:
+    key -> why it is not in the table.
+  """
+  prefix = "" if model_class == "MobileBertModel" else "mobilebert."
+  keys = {f"{prefix}embeddings.position_ids": "a buffer (0..max_position_embeddings-1)"}
+  if model_class in ("MobileBertForPreTraining", "MobileBertForMaskedLM"):
+    keys["cls.predictions.decoder.weight"] = "tied to the word embeddings"
+    keys["cls.predictions.decoder.bias"] = "tied to cls.predictions.bias"
+  return keys
