@@ -28,16 +28,49 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Keys transformers writes into every config.json that carry no architecture information.
-_HF_GENERIC_KEYS = frozenset({
-  "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
-  "_name_or_path", "name_or_path", "return_dict", "output_hidden_states", "output_attentions",
-  "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "tie_word_embeddings",
-  "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "cross_attention_hidden_size",
-  "add_cross_attention", "tie_encoder_decoder", "finetuning_task", "tokenizer_class", "prefix",
-  "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id", "task_specific_params",
-  "gradient_checkpointing", "position_embedding_type", "use_cache", "_attn_implementation",
-  "_commit_hash", "label2id", "output_past", "max_length", "min_length", "architectures_",
-})
+_HF_GENERIC_KEYS = frozenset(
+  {
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "name_or_path",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "pruned_heads",
+    "tie_word_embeddings",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "is_decoder",
+    "cross_attention_hidden_size",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "finetuning_task",
+    "tokenizer_class",
+    "prefix",
+    "bos_token_id",
+    "eos_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "task_specific_params",
+    "gradient_checkpointing",
+    "position_embedding_type",
+    "use_cache",
+    "_attn_implementation",
+    "_commit_hash",
+    "label2id",
+    "output_past",
+    "max_length",
+    "min_length",
+    "architectures_",
+  }
+)
 
 # The TF1 `BertConfig` constructor defaults (google-research mobilebert/modeling.py), used for
 # keys a `bert_config.json` leaves out. `None` sizes mean "same as hidden_size".
@@ -212,9 +245,18 @@ class MobileBertConfig:
 
   def __post_init__(self):
     problems = []
-    for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
-                 "num_attention_heads", "intermediate_size", "max_position_embeddings",
-                 "type_vocab_size", "intra_bottleneck_size", "num_feedforward_networks"):
+    for name in (
+      "vocab_size",
+      "embedding_size",
+      "hidden_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "intermediate_size",
+      "max_position_embeddings",
+      "type_vocab_size",
+      "intra_bottleneck_size",
+      "num_feedforward_networks",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -224,7 +266,8 @@ class MobileBertConfig:
       problems.append(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
     if self.normalization_type not in NORMALIZATION_TYPES:
       problems.append(
-        f"normalization_type {self.normalization_type!r} is not one of {NORMALIZATION_TYPES}")
+        f"normalization_type {self.normalization_type!r} is not one of {NORMALIZATION_TYPES}"
+      )
     if self.remat_policy not in REMAT_POLICIES:
       problems.append(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):
@@ -240,20 +283,27 @@ class MobileBertConfig:
       what = "intra_bottleneck_size" if self.use_bottleneck else "hidden_size"
       problems.append(
         f"{what} ({self.true_hidden_size}) is not divisible by num_attention_heads "
-        f"({self.num_attention_heads})")
+        f"({self.num_attention_heads})"
+      )
     if self.embedding_size > self.hidden_size:
       problems.append(
         f"embedding_size ({self.embedding_size}) exceeds hidden_size ({self.hidden_size}): the "
         "MLM output matrix is [word embeddings | extra weights] and cannot be narrower than "
-        "the embedding table")
+        "the embedding table"
+      )
     if self.num_labels < 1:
       problems.append(f"num_labels must be >= 1, got {self.num_labels}")
-    if self.problem_type not in (None, "regression", "single_label_classification",
-                                 "multi_label_classification"):
+    if self.problem_type not in (
+      None,
+      "regression",
+      "single_label_classification",
+      "multi_label_classification",
+    ):
       problems.append(f"unknown problem_type {self.problem_type!r}")
     if self.id2label is not None and len(self.id2label) != self.num_labels:
       problems.append(
-        f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}")
+        f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}"
+      )
     if self.masked_attention_logit is not None and self.masked_attention_logit > 0:
       problems.append("masked_attention_logit must be negative (or None)")
     if problems:
@@ -291,8 +341,9 @@ class MobileBertConfig:
   @property
   def uses_shared_bottleneck(self) -> bool:
     """True when the block has the separate key/query bottleneck."""
-    return (self.use_bottleneck and self.key_query_shared_bottleneck
-            and not self.use_bottleneck_attention)
+    return (
+      self.use_bottleneck and self.key_query_shared_bottleneck and not self.use_bottleneck_attention
+    )
 
   @property
   def embedding_input_size(self) -> int:
@@ -354,8 +405,9 @@ class MobileBertConfig:
   # ------------------------------------------------------------------------------------------
 
   @classmethod
-  def from_dict(cls, data: Mapping[str, Any], source: ConfigSource = "auto",
-                **overrides: Any) -> MobileBertConfig:
+  def from_dict(
+    cls, data: Mapping[str, Any], source: ConfigSource = "auto", **overrides: Any
+  ) -> MobileBertConfig:
     """Builds a config from a parsed JSON dict.
 
     Args:
@@ -390,8 +442,9 @@ class MobileBertConfig:
     return cls(**fields)
 
   @classmethod
-  def from_json_file(cls, path: str | os.PathLike[str], source: ConfigSource = "auto",
-                     **overrides: Any) -> MobileBertConfig:
+  def from_json_file(
+    cls, path: str | os.PathLike[str], source: ConfigSource = "auto", **overrides: Any
+  ) -> MobileBertConfig:
     """Reads an HF `config.json`, a TF1 `bert_config.json` or TF2 encoder arguments.
 
     Args:
@@ -450,17 +503,23 @@ class MobileBertConfig:
     """The config as indented JSON text (transformers dialect)."""
     return json.dumps(self.to_dict(include_implementation), indent=2, sort_keys=True) + "\n"
 
-  def to_json_file(self, path: str | os.PathLike[str],
-                   include_implementation: bool = True) -> None:
+  def to_json_file(self, path: str | os.PathLike[str], include_implementation: bool = True) -> None:
     """Writes `to_json()` to `path`."""
     with open(path, "w", encoding="utf-8") as f:
       f.write(self.to_json(include_implementation))
 
 
-IMPLEMENTATION_FIELDS = frozenset({
-  "hf_layer_norm_eps_quirk", "masked_attention_logit", "padding_invariant_trigram",
-  "scan_layers", "remat_policy", "dtype", "param_dtype",
-})
+IMPLEMENTATION_FIELDS = frozenset(
+  {
+    "hf_layer_norm_eps_quirk",
+    "masked_attention_logit",
+    "padding_invariant_trigram",
+    "scan_layers",
+    "remat_policy",
+    "dtype",
+    "param_dtype",
+  }
+)
 
 
 def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]:
@@ -484,7 +543,8 @@ def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]
     if model_type != "mobilebert":
       raise ValueError(
         f"config has model_type={model_type!r}; a transformers MobileBERT config has "
-        "model_type='mobilebert'")
+        "model_type='mobilebert'"
+      )
     return "hf"
   if "word_vocab_size" in data or "num_blocks" in data:
     return "tf2"
@@ -493,7 +553,8 @@ def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]
   raise ValueError(
     "config is neither a transformers config.json (no model_type), nor an original TF1 "
     "bert_config.json (no vocab_size), nor TF2 Model Garden encoder arguments (no "
-    f"word_vocab_size); its keys are {sorted(data)}")
+    f"word_vocab_size); its keys are {sorted(data)}"
+  )
 
 
 def _fields_from_hf(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -509,12 +570,16 @@ def _fields_from_hf(data: Mapping[str, Any]) -> dict[str, Any]:
   if "id2label" in data and "num_labels" not in data:
     fields["num_labels"] = len(data["id2label"])
   if "true_hidden_size" in data:
-    expected = (fields.get("intra_bottleneck_size", 128)
-                if fields.get("use_bottleneck", True) else fields.get("hidden_size", 512))
+    expected = (
+      fields.get("intra_bottleneck_size", 128)
+      if fields.get("use_bottleneck", True)
+      else fields.get("hidden_size", 512)
+    )
     if data["true_hidden_size"] != expected:
       raise ValueError(
         f"true_hidden_size={data['true_hidden_size']} disagrees with the bottleneck settings "
-        f"(expected {expected})")
+        f"(expected {expected})"
+      )
   return fields
 
 
@@ -572,20 +637,41 @@ PRESETS: dict[str, MobileBertConfig] = {
   "mobilebert-uncased-qat": MobileBertConfig(classifier_activation=False, hidden_act="relu6"),
   # The paper's "MobileBERT w/o OPT": LayerNorm and GELU instead of NoNorm and ReLU.
   "mobilebert-uncased-no-opt": MobileBertConfig(
-    classifier_activation=False, normalization_type="layer_norm", hidden_act="gelu_new"),
+    classifier_activation=False, normalization_type="layer_norm", hidden_act="gelu_new"
+  ),
   # MobileBERT_TINY (uncased_L-24_H-128_B-512_A-4_F-2_tiny_OPT; no public checkpoint).
   "mobilebert-tiny": MobileBertConfig(
-    classifier_activation=False, use_bottleneck_attention=True,
-    key_query_shared_bottleneck=False, num_feedforward_networks=2),
+    classifier_activation=False,
+    use_bottleneck_attention=True,
+    key_query_shared_bottleneck=False,
+    num_feedforward_networks=2,
+  ),
   # The IB-BERT_LARGE teacher (uncased_L-24_H-1024_B-512_A-4).
   "ibbert-large": MobileBertConfig(
-    intermediate_size=4096, hidden_act="gelu_new", hidden_dropout_prob=0.1,
-    intra_bottleneck_size=1024, key_query_shared_bottleneck=False, num_feedforward_networks=1,
-    normalization_type="layer_norm", classifier_activation=True),
+    intermediate_size=4096,
+    hidden_act="gelu_new",
+    hidden_dropout_prob=0.1,
+    intra_bottleneck_size=1024,
+    key_query_shared_bottleneck=False,
+    num_feedforward_networks=1,
+    normalization_type="layer_norm",
+    classifier_activation=True,
+  ),
   # BERT-base through the plain (no bottleneck, no trigram) path.
   "bert-base-uncased": MobileBertConfig(
-    embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-    intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1, trigram_input=False,
-    use_bottleneck=False, intra_bottleneck_size=768, key_query_shared_bottleneck=False,
-    num_feedforward_networks=1, normalization_type="layer_norm", classifier_activation=True),
+    embedding_size=768,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    trigram_input=False,
+    use_bottleneck=False,
+    intra_bottleneck_size=768,
+    key_query_shared_bottleneck=False,
+    num_feedforward_networks=1,
+    normalization_type="layer_norm",
+    classifier_activation=True,
+  ),
 }

@@ -84,8 +84,9 @@ class MobileBertEmbeddings(nn.Module):
   config: MobileBertConfig
 
   @nn.compact
-  def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array | None,
-               deterministic: bool) -> Array:
+  def __call__(
+    self, input_ids: Array, token_type_ids: Array, attention_mask: Array | None, deterministic: bool
+  ) -> Array:
     """Embeds a batch.
 
     Args:
@@ -102,14 +103,23 @@ class MobileBertEmbeddings(nn.Module):
     param_dtype = dtype_of(config.param_dtype)
     init = kernel_init(config)
     word_table = self.param(
-      "word_embeddings", partitioned(init, ("vocab", "embed")),
-      (config.vocab_size, config.embedding_size), param_dtype)
+      "word_embeddings",
+      partitioned(init, ("vocab", "embed")),
+      (config.vocab_size, config.embedding_size),
+      param_dtype,
+    )
     position_table = self.param(
-      "position_embeddings", partitioned(init, ("position", "hidden")),
-      (config.max_position_embeddings, config.hidden_size), param_dtype)
+      "position_embeddings",
+      partitioned(init, ("position", "hidden")),
+      (config.max_position_embeddings, config.hidden_size),
+      param_dtype,
+    )
     type_table = self.param(
-      "token_type_embeddings", partitioned(init, ("type_vocab", "hidden")),
-      (config.type_vocab_size, config.hidden_size), param_dtype)
+      "token_type_embeddings",
+      partitioned(init, ("type_vocab", "hidden")),
+      (config.type_vocab_size, config.hidden_size),
+      param_dtype,
+    )
 
     length = input_ids.shape[1]
     words = lookup(word_table, input_ids).astype(dtype_of(config.dtype))
@@ -118,8 +128,9 @@ class MobileBertEmbeddings(nn.Module):
     if config.trigram_input:
       words = trigram(words)
     if config.has_embedding_projection:
-      words = Dense(config.hidden_size, ("embed_input", "hidden"), config,
-                    name="embedding_transformation")(words)
+      words = Dense(
+        config.hidden_size, ("embed_input", "hidden"), config, name="embedding_transformation"
+      )(words)
     positions = position_table[:length].astype(jnp.float32)
     types = lookup(type_table, token_type_ids).astype(jnp.float32)
     embeddings = words.astype(jnp.float32) + positions[None] + types
@@ -162,8 +173,9 @@ class SelfAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, query_input: Array, key_input: Array, value_input: Array, residual: Array,
-               mask: Array) -> tuple[Array, Array]:
+  def __call__(
+    self, query_input: Array, key_input: Array, value_input: Array, residual: Array, mask: Array
+  ) -> tuple[Array, Array]:
     """Attends.
 
     Args:
@@ -186,7 +198,7 @@ class SelfAttention(nn.Module):
 
     # Scores in float32: the product is scaled after the matmul, as TF1 and transformers do.
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    scores = scores * np.float32(head_size ** -0.5)
+    scores = scores * np.float32(head_size**-0.5)
     if config.masked_attention_logit is None:
       fill = jnp.finfo(jnp.float32).min
     else:
@@ -194,13 +206,15 @@ class SelfAttention(nn.Module):
     scores = jnp.where(mask, scores, fill)
     probs = jax.nn.softmax(scores, axis=-1)
     dropped = nn.Dropout(config.attention_probs_dropout_prob)(
-      probs, deterministic=self.deterministic)
+      probs, deterministic=self.deterministic
+    )
     context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(value.dtype), value)
 
     width = config.true_hidden_size
     width_axis = _block_width_axis(config)
-    output = Dense(width, ("heads", "kv", width_axis), config, contract_dims=2,
-                   name="output")(context)
+    output = Dense(width, ("heads", "kv", width_axis), config, contract_dims=2, name="output")(
+      context
+    )
     if not config.use_bottleneck:
       output = nn.Dropout(config.hidden_dropout_prob)(output, deterministic=self.deterministic)
     output = make_norm(config, width_axis, "norm")(output.astype(jnp.float32) + residual)
@@ -269,8 +283,9 @@ class MobileBertBlock(nn.Module):
   output_attentions: bool = False
 
   @nn.compact
-  def __call__(self, hidden_states: Array, mask: Array
-               ) -> tuple[Array, tuple[Array | None, Array | None]]:
+  def __call__(
+    self, hidden_states: Array, mask: Array
+  ) -> tuple[Array, tuple[Array | None, Array | None]]:
     """Runs the block.
 
     Args:
@@ -298,19 +313,21 @@ class MobileBertBlock(nn.Module):
       query_input = key_input = value_input = layer_input = x
 
     attention_output, probs = SelfAttention(config, self.deterministic, name="attention")(
-      query_input, key_input, value_input, layer_input, mask)
+      query_input, key_input, value_input, layer_input, mask
+    )
     ffn_output = attention_output
     for f in range(config.num_feedforward_networks):
       is_last = f == config.num_feedforward_networks - 1
       ffn_output = FeedForward(config, is_last, self.deterministic, name=f"ffn_{f}")(ffn_output)
     if config.use_bottleneck:
-      output = OutputBottleneck(config, self.deterministic, name="bottleneck_output")(
-        ffn_output, x)
+      output = OutputBottleneck(config, self.deterministic, name="bottleneck_output")(ffn_output, x)
     else:
       output = ffn_output
     output = constrain(output, ("batch", "length", "hidden"))
-    return output, (output if self.output_hidden_states else None,
-                    probs if self.output_attentions else None)
+    return output, (
+      output if self.output_hidden_states else None,
+      probs if self.output_attentions else None,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,9 +352,14 @@ class MobileBertEncoder(nn.Module):
   config: MobileBertConfig
 
   @nn.compact
-  def __call__(self, hidden_states: Array, mask: Array, deterministic: bool,
-               output_hidden_states: bool, output_attentions: bool
-               ) -> tuple[Array, tuple[Array, ...] | None, tuple[Array, ...] | None]:
+  def __call__(
+    self,
+    hidden_states: Array,
+    mask: Array,
+    deterministic: bool,
+    output_hidden_states: bool,
+    output_attentions: bool,
+  ) -> tuple[Array, tuple[Array, ...] | None, tuple[Array, ...] | None]:
     """Runs all blocks.
 
     Args:
@@ -353,10 +375,15 @@ class MobileBertEncoder(nn.Module):
     config = self.config
     block_cls = MobileBertBlock
     if config.remat_policy != "none":
-      block_cls = nn.remat(block_cls, policy=_REMAT_POLICIES[config.remat_policy],
-                           prevent_cse=not config.scan_layers)
-    kwargs = dict(config=config, deterministic=deterministic,
-                  output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+      block_cls = nn.remat(
+        block_cls, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers
+      )
+    kwargs = dict(
+      config=config,
+      deterministic=deterministic,
+      output_hidden_states=output_hidden_states,
+      output_attentions=output_attentions,
+    )
     if config.scan_layers:
       scanned = nn.scan(
         block_cls,
@@ -366,15 +393,15 @@ class MobileBertEncoder(nn.Module):
         length=config.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      hidden_states, (all_hidden, all_probs) = scanned(**kwargs, name="layers")(
-        hidden_states, mask)
+      hidden_states, (all_hidden, all_probs) = scanned(**kwargs, name="layers")(hidden_states, mask)
       per_layer_hidden = tuple(all_hidden) if output_hidden_states else None
       per_layer_probs = tuple(all_probs) if output_attentions else None
     else:
       hidden_list, probs_list = [], []
       for i in range(config.num_hidden_layers):
         hidden_states, (layer_hidden, layer_probs) = block_cls(**kwargs, name=f"layer_{i}")(
-          hidden_states, mask)
+          hidden_states, mask
+        )
         hidden_list.append(layer_hidden)
         probs_list.append(layer_probs)
       per_layer_hidden = tuple(hidden_list) if output_hidden_states else None
@@ -393,8 +420,9 @@ class MobileBertPooler(nn.Module):
     first = hidden_states[:, 0]
     if not self.config.classifier_activation:
       return first
-    pooled = Dense(self.config.hidden_size, ("hidden", "hidden_out"), self.config,
-                   name="dense")(first)
+    pooled = Dense(self.config.hidden_size, ("hidden", "hidden_out"), self.config, name="dense")(
+      first
+    )
     return jnp.tanh(pooled.astype(jnp.float32))
 
 
@@ -407,8 +435,12 @@ def _is_concrete(x: object) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def validate_inputs(config: MobileBertConfig, input_ids: Array, attention_mask: Array | None,
-                    token_type_ids: Array | None) -> None:
+def validate_inputs(
+  config: MobileBertConfig,
+  input_ids: Array,
+  attention_mask: Array | None,
+  token_type_ids: Array | None,
+) -> None:
   """Raises a clear error for inputs the model cannot take.
 
   Shapes are always checked. Values (ids within the tables) are checked when the arrays are
@@ -425,7 +457,8 @@ def validate_inputs(config: MobileBertConfig, input_ids: Array, attention_mask: 
   if shape[1] > config.max_position_embeddings:
     raise ValueError(
       f"sequence length {shape[1]} exceeds max_position_embeddings "
-      f"({config.max_position_embeddings}): the position table has no row for it")
+      f"({config.max_position_embeddings}): the position table has no row for it"
+    )
   if shape[1] == 0:
     raise ValueError("input_ids has length 0")
   for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
@@ -441,7 +474,8 @@ def validate_inputs(config: MobileBertConfig, input_ids: Array, attention_mask: 
     if low < 0 or high >= config.type_vocab_size:
       bad = high if high >= config.type_vocab_size else low
       raise ValueError(
-        f"token type id {bad} is outside [0, type_vocab_size={config.type_vocab_size})")
+        f"token type id {bad} is outside [0, type_vocab_size={config.type_vocab_size})"
+      )
 
 
 class MobileBertModel(nn.Module):
@@ -462,10 +496,15 @@ class MobileBertModel(nn.Module):
     if self.add_pooling_layer:
       self.pooler = MobileBertPooler(self.config)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> MobileBertModelOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> MobileBertModelOutput:
     """Encodes a batch.
 
     Args:
@@ -492,11 +531,16 @@ class MobileBertModel(nn.Module):
     else:
       mask = (attention_mask != 0)[:, None, None, :]
     last, per_layer_hidden, per_layer_probs = self.encoder(
-      embeddings, mask, deterministic, output_hidden_states, output_attentions)
+      embeddings, mask, deterministic, output_hidden_states, output_attentions
+    )
     pooled = self.pooler(last) if self.add_pooling_layer else None
     hidden_states = (embeddings, *per_layer_hidden) if output_hidden_states else None
-    return MobileBertModelOutput(last_hidden_state=last, pooler_output=pooled,
-                                 hidden_states=hidden_states, attentions=per_layer_probs)
+    return MobileBertModelOutput(
+      last_hidden_state=last,
+      pooler_output=pooled,
+      hidden_states=hidden_states,
+      attentions=per_layer_probs,
+    )
 
   def word_embedding_table(self) -> Array:
     """The [vocab_size, embedding_size] word table (tied to the MLM output layer)."""

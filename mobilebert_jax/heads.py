@@ -42,22 +42,34 @@ class MobileBertLMPredictionHead(nn.Module):
     """
     config = self.config
     param_dtype = dtype_of(config.param_dtype)
-    t = Dense(config.hidden_size, ("hidden", "hidden_out"), config,
-              name="transform_dense")(hidden_states)
+    t = Dense(config.hidden_size, ("hidden", "hidden_out"), config, name="transform_dense")(
+      hidden_states
+    )
     t = activation(config.hidden_act)(t)
     t = LayerNorm("hidden", config.layer_norm_eps, config, name="transform_layer_norm")(t)
     output_matrix = word_embeddings
     extra_width = config.hidden_size - config.embedding_size
     if extra_width:
-      extra = self.param("extra_output_weights",
-                         partitioned(kernel_init(config), ("vocab", "mlm_extra")),
-                         (config.vocab_size, extra_width), param_dtype)
+      extra = self.param(
+        "extra_output_weights",
+        partitioned(kernel_init(config), ("vocab", "mlm_extra")),
+        (config.vocab_size, extra_width),
+        param_dtype,
+      )
       output_matrix = jnp.concatenate([word_embeddings, extra], axis=1)
-    bias = self.param("bias", partitioned(nn.initializers.zeros_init(), ("vocab",)),
-                      (config.vocab_size,), param_dtype)
+    bias = self.param(
+      "bias",
+      partitioned(nn.initializers.zeros_init(), ("vocab",)),
+      (config.vocab_size,),
+      param_dtype,
+    )
     compute = dtype_of(config.dtype)
-    logits = jnp.einsum("...h,vh->...v", t.astype(compute), output_matrix.astype(compute),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "...h,vh->...v",
+      t.astype(compute),
+      output_matrix.astype(compute),
+      preferred_element_type=jnp.float32,
+    )
     return logits + bias.astype(jnp.float32)
 
 
@@ -76,14 +88,17 @@ class MobileBertClsHeads(nn.Module):
   next_sentence: bool = True
 
   @nn.compact
-  def __call__(self, sequence_output: Array | None, pooled_output: Array | None,
-               word_embeddings: Array | None) -> tuple[Array | None, Array | None]:
+  def __call__(
+    self, sequence_output: Array | None, pooled_output: Array | None, word_embeddings: Array | None
+  ) -> tuple[Array | None, Array | None]:
     """Returns (MLM logits or None, NSP logits or None), float32."""
     mlm_logits = nsp_logits = None
     if self.masked_lm:
       mlm_logits = MobileBertLMPredictionHead(self.config, name="predictions")(
-        sequence_output, word_embeddings)
+        sequence_output, word_embeddings
+      )
     if self.next_sentence:
       nsp_logits = Dense(2, ("hidden", "classes"), self.config, name="seq_relationship")(
-        pooled_output).astype(jnp.float32)
+        pooled_output
+      ).astype(jnp.float32)
     return mlm_logits, nsp_logits

@@ -92,24 +92,35 @@ class Dense(nn.Module):
       [..., *features] output in the compute dtype.
     """
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-    in_shape = x.shape[-self.contract_dims:]
+    in_shape = x.shape[-self.contract_dims :]
     if len(self.kernel_axes) != len(in_shape) + len(features):
-      raise ValueError(f"kernel_axes {self.kernel_axes} do not match a kernel of "
-                       f"{len(in_shape) + len(features)} dims")
+      raise ValueError(
+        f"kernel_axes {self.kernel_axes} do not match a kernel of "
+        f"{len(in_shape) + len(features)} dims"
+      )
     param_dtype = dtype_of(self.config.param_dtype)
-    kernel = self.param("kernel", partitioned(kernel_init(self.config), self.kernel_axes),
-                        (*in_shape, *features), param_dtype)
+    kernel = self.param(
+      "kernel",
+      partitioned(kernel_init(self.config), self.kernel_axes),
+      (*in_shape, *features),
+      param_dtype,
+    )
     compute = dtype_of(self.config.dtype)
     x = x.astype(compute)
     kernel = kernel.astype(compute)
     y = jax.lax.dot_general(
-      x, kernel,
-      ((tuple(range(x.ndim - self.contract_dims, x.ndim)), tuple(range(self.contract_dims))),
-       ((), ())))
+      x,
+      kernel,
+      (
+        (tuple(range(x.ndim - self.contract_dims, x.ndim)), tuple(range(self.contract_dims))),
+        ((), ()),
+      ),
+    )
     if self.use_bias:
-      bias_axes = self.kernel_axes[len(in_shape):]
-      bias = self.param("bias", partitioned(nn.initializers.zeros_init(), bias_axes),
-                        features, param_dtype)
+      bias_axes = self.kernel_axes[len(in_shape) :]
+      bias = self.param(
+        "bias", partitioned(nn.initializers.zeros_init(), bias_axes), features, param_dtype
+      )
       y = y + bias.astype(compute)
     return y
 
@@ -133,10 +144,12 @@ class NoNorm(nn.Module):
     """Args: x: [..., width]. Returns: [..., width] float32."""
     param_dtype = dtype_of(self.config.param_dtype)
     width = x.shape[-1]
-    scale = self.param("scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)),
-                       (width,), param_dtype)
-    bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)),
-                      (width,), param_dtype)
+    scale = self.param(
+      "scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)), (width,), param_dtype
+    )
+    bias = self.param(
+      "bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)), (width,), param_dtype
+    )
     return x.astype(jnp.float32) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
@@ -158,10 +171,12 @@ class LayerNorm(nn.Module):
     """Args: x: [..., width]. Returns: [..., width] float32."""
     param_dtype = dtype_of(self.config.param_dtype)
     width = x.shape[-1]
-    scale = self.param("scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)),
-                       (width,), param_dtype)
-    bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)),
-                      (width,), param_dtype)
+    scale = self.param(
+      "scale", partitioned(nn.initializers.ones_init(), (self.axis_name,)), (width,), param_dtype
+    )
+    bias = self.param(
+      "bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)), (width,), param_dtype
+    )
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centered = x - mean
@@ -170,8 +185,9 @@ class LayerNorm(nn.Module):
     return normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
-def make_norm(config: MobileBertConfig, axis_name: str, name: str,
-              epsilon: float | None = None) -> nn.Module:
+def make_norm(
+  config: MobileBertConfig, axis_name: str, name: str, epsilon: float | None = None
+) -> nn.Module:
   """Builds the block normalisation the config asks for (NoNorm or LayerNorm).
 
   Args:

@@ -26,8 +26,9 @@ def _weighted_mean(values: Array, weights: Array) -> Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def cross_entropy(logits: Array, labels: Array, weights: Array | None = None,
-                  ignore_index: int = IGNORE_INDEX) -> Array:
+def cross_entropy(
+  logits: Array, labels: Array, weights: Array | None = None, ignore_index: int = IGNORE_INDEX
+) -> Array:
   """Mean softmax cross-entropy over entries whose label is not `ignore_index`.
 
   Args:
@@ -59,11 +60,16 @@ def next_sentence_loss(logits: Array, labels: Array, weights: Array | None = Non
   return cross_entropy(logits, labels, weights)
 
 
-def pretraining_loss(prediction_logits: Array, seq_relationship_logits: Array, labels: Array,
-                     next_sentence_label: Array) -> Array:
+def pretraining_loss(
+  prediction_logits: Array,
+  seq_relationship_logits: Array,
+  labels: Array,
+  next_sentence_label: Array,
+) -> Array:
   """MobileBertForPreTraining loss: MLM cross-entropy + NSP cross-entropy."""
-  return (masked_lm_loss(prediction_logits, labels)
-          + next_sentence_loss(seq_relationship_logits, next_sentence_label))
+  return masked_lm_loss(prediction_logits, labels) + next_sentence_loss(
+    seq_relationship_logits, next_sentence_label
+  )
 
 
 def resolve_problem_type(config: MobileBertConfig, labels: Array) -> str:
@@ -81,8 +87,9 @@ def resolve_problem_type(config: MobileBertConfig, labels: Array) -> str:
   return "multi_label_classification"
 
 
-def sequence_classification_loss(logits: Array, labels: Array, config: MobileBertConfig,
-                                 weights: Array | None = None) -> Array:
+def sequence_classification_loss(
+  logits: Array, labels: Array, config: MobileBertConfig, weights: Array | None = None
+) -> Array:
   """Loss of `MobileBertForSequenceClassification`.
 
   Args:
@@ -98,8 +105,11 @@ def sequence_classification_loss(logits: Array, labels: Array, config: MobileBer
   logits = logits.astype(jnp.float32)
   problem = resolve_problem_type(config, labels)
   batch = logits.shape[0]
-  example_weights = (jnp.ones((batch,), jnp.float32) if weights is None
-                     else jnp.broadcast_to(weights, (batch,)).astype(jnp.float32))
+  example_weights = (
+    jnp.ones((batch,), jnp.float32)
+    if weights is None
+    else jnp.broadcast_to(weights, (batch,)).astype(jnp.float32)
+  )
   if problem == "regression":
     if config.num_labels == 1:
       errors = jnp.square(logits.reshape(batch) - labels.reshape(batch).astype(jnp.float32))
@@ -108,8 +118,9 @@ def sequence_classification_loss(logits: Array, labels: Array, config: MobileBer
     return _weighted_mean(errors, example_weights)
   if problem == "single_label_classification":
     return cross_entropy(logits, labels.reshape(batch), example_weights)
-  per_example = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)),
-                         axis=-1)
+  per_example = jnp.mean(
+    optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)), axis=-1
+  )
   return _weighted_mean(per_example, example_weights)
 
 
@@ -118,14 +129,18 @@ def multiple_choice_loss(logits: Array, labels: Array, weights: Array | None = N
   return cross_entropy(logits, labels, weights)
 
 
-def token_classification_loss(logits: Array, labels: Array,
-                              weights: Array | None = None) -> Array:
+def token_classification_loss(logits: Array, labels: Array, weights: Array | None = None) -> Array:
   """Loss of `MobileBertForTokenClassification`. logits [B, T, L]; labels [B, T], -100 skipped."""
   return cross_entropy(logits, labels, weights)
 
 
-def question_answering_loss(start_logits: Array, end_logits: Array, start_positions: Array,
-                            end_positions: Array, weights: Array | None = None) -> Array:
+def question_answering_loss(
+  start_logits: Array,
+  end_logits: Array,
+  start_positions: Array,
+  end_positions: Array,
+  weights: Array | None = None,
+) -> Array:
   """Loss of `MobileBertForQuestionAnswering`: mean of the start and end cross-entropies.
 
   As in transformers, positions are clamped to [0, length] and a position equal to `length`

@@ -46,18 +46,33 @@ class MobileBertForPreTraining(nn.Module):
     self.mobilebert = MobileBertModel(self.config, add_pooling_layer=True)
     self.cls = MobileBertClsHeads(self.config, masked_lm=True, next_sentence=True)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> MobileBertForPreTrainingOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> MobileBertForPreTrainingOutput:
     """See the module docstring. Returns MLM logits [B, T, V] and NSP logits [B, 2]."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
-    mlm, nsp = self.cls(out.last_hidden_state, out.pooler_output,
-                        self.mobilebert.word_embedding_table())
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
+    mlm, nsp = self.cls(
+      out.last_hidden_state, out.pooler_output, self.mobilebert.word_embedding_table()
+    )
     return MobileBertForPreTrainingOutput(
-      prediction_logits=mlm, seq_relationship_logits=nsp, hidden_states=out.hidden_states,
-      attentions=out.attentions)
+      prediction_logits=mlm,
+      seq_relationship_logits=nsp,
+      hidden_states=out.hidden_states,
+      attentions=out.attentions,
+    )
 
 
 class MobileBertForMaskedLM(nn.Module):
@@ -69,16 +84,26 @@ class MobileBertForMaskedLM(nn.Module):
     self.mobilebert = MobileBertModel(self.config, add_pooling_layer=False)
     self.cls = MobileBertClsHeads(self.config, masked_lm=True, next_sentence=False)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> MaskedLMOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> MaskedLMOutput:
     """See the module docstring. Returns `logits` [B, T, V]."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     mlm, _ = self.cls(out.last_hidden_state, None, self.mobilebert.word_embedding_table())
-    return MaskedLMOutput(logits=mlm, hidden_states=out.hidden_states,
-                          attentions=out.attentions)
+    return MaskedLMOutput(logits=mlm, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 class MobileBertForNextSentencePrediction(nn.Module):
@@ -90,16 +115,28 @@ class MobileBertForNextSentencePrediction(nn.Module):
     self.mobilebert = MobileBertModel(self.config, add_pooling_layer=True)
     self.cls = MobileBertClsHeads(self.config, masked_lm=False, next_sentence=True)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> NextSentencePredictorOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> NextSentencePredictorOutput:
     """See the module docstring. Returns `logits` [B, 2]; 0 = "B follows A"."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     _, nsp = self.cls(None, out.pooler_output, None)
-    return NextSentencePredictorOutput(logits=nsp, hidden_states=out.hidden_states,
-                                       attentions=out.attentions)
+    return NextSentencePredictorOutput(
+      logits=nsp, hidden_states=out.hidden_states, attentions=out.attentions
+    )
 
 
 class MobileBertForSequenceClassification(nn.Module):
@@ -115,17 +152,29 @@ class MobileBertForSequenceClassification(nn.Module):
     self.dropout = nn.Dropout(self.config.effective_classifier_dropout)
     self.classifier = Dense(self.config.num_labels, ("hidden", "classes"), self.config)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> SequenceClassifierOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> SequenceClassifierOutput:
     """See the module docstring. Returns `logits` [B, num_labels] float32."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     pooled = self.dropout(out.pooler_output, deterministic=deterministic)
     logits = self.classifier(pooled).astype(jnp.float32)
-    return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states,
-                                    attentions=out.attentions)
+    return SequenceClassifierOutput(
+      logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+    )
 
 
 class MobileBertForMultipleChoice(nn.Module):
@@ -138,10 +187,15 @@ class MobileBertForMultipleChoice(nn.Module):
     self.dropout = nn.Dropout(self.config.effective_classifier_dropout)
     self.classifier = Dense(1, ("hidden", "classes"), self.config)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> MultipleChoiceModelOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> MultipleChoiceModelOutput:
     """Scores each choice.
 
     Args:
@@ -161,23 +215,31 @@ class MobileBertForMultipleChoice(nn.Module):
     if input_ids.ndim != 3:
       raise ValueError(
         f"MobileBertForMultipleChoice takes input_ids [batch, num_choices, length], got shape "
-        f"{tuple(input_ids.shape)}")
+        f"{tuple(input_ids.shape)}"
+      )
     batch, choices, length = input_ids.shape
     for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
       if other is not None and tuple(other.shape) != tuple(input_ids.shape):
         raise ValueError(
-          f"{name} has shape {tuple(other.shape)} but input_ids has shape "
-          f"{tuple(input_ids.shape)}")
+          f"{name} has shape {tuple(other.shape)} but input_ids has shape {tuple(input_ids.shape)}"
+        )
 
     def flat(x):
       return None if x is None else x.reshape(batch * choices, length)
 
-    out = self.mobilebert(flat(input_ids), flat(attention_mask), flat(token_type_ids),
-                          deterministic, output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      flat(input_ids),
+      flat(attention_mask),
+      flat(token_type_ids),
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     pooled = self.dropout(out.pooler_output, deterministic=deterministic)
     logits = self.classifier(pooled).astype(jnp.float32).reshape(batch, choices)
-    return MultipleChoiceModelOutput(logits=logits, hidden_states=out.hidden_states,
-                                     attentions=out.attentions)
+    return MultipleChoiceModelOutput(
+      logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+    )
 
 
 class MobileBertForTokenClassification(nn.Module):
@@ -190,17 +252,29 @@ class MobileBertForTokenClassification(nn.Module):
     self.dropout = nn.Dropout(self.config.effective_classifier_dropout)
     self.classifier = Dense(self.config.num_labels, ("hidden", "classes"), self.config)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> TokenClassifierOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> TokenClassifierOutput:
     """See the module docstring. Returns `logits` [B, T, num_labels] float32."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     sequence = self.dropout(out.last_hidden_state, deterministic=deterministic)
     logits = self.classifier(sequence).astype(jnp.float32)
-    return TokenClassifierOutput(logits=logits, hidden_states=out.hidden_states,
-                                 attentions=out.attentions)
+    return TokenClassifierOutput(
+      logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+    )
 
 
 class MobileBertForQuestionAnswering(nn.Module):
@@ -212,25 +286,45 @@ class MobileBertForQuestionAnswering(nn.Module):
     self.mobilebert = MobileBertModel(self.config, add_pooling_layer=False)
     self.qa_outputs = Dense(2, ("hidden", "classes"), self.config)
 
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               token_type_ids: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False
-               ) -> QuestionAnsweringModelOutput:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> QuestionAnsweringModelOutput:
     """See the module docstring. Returns `start_logits`, `end_logits` [B, T] float32."""
-    out = self.mobilebert(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    out = self.mobilebert(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+    )
     logits = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)
     return QuestionAnsweringModelOutput(
-      start_logits=logits[..., 0], end_logits=logits[..., 1],
-      hidden_states=out.hidden_states, attentions=out.attentions)
+      start_logits=logits[..., 0],
+      end_logits=logits[..., 1],
+      hidden_states=out.hidden_states,
+      attentions=out.attentions,
+    )
 
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
-  cls.__name__: cls for cls in (
-    MobileBertModel, MobileBertForPreTraining, MobileBertForMaskedLM,
-    MobileBertForNextSentencePrediction, MobileBertForSequenceClassification,
-    MobileBertForMultipleChoice, MobileBertForTokenClassification,
-    MobileBertForQuestionAnswering)
+  cls.__name__: cls
+  for cls in (
+    MobileBertModel,
+    MobileBertForPreTraining,
+    MobileBertForMaskedLM,
+    MobileBertForNextSentencePrediction,
+    MobileBertForSequenceClassification,
+    MobileBertForMultipleChoice,
+    MobileBertForTokenClassification,
+    MobileBertForQuestionAnswering,
+  )
 }
 
 

@@ -18,14 +18,19 @@ import numpy as np
 
 from mobilebert_jax.config import MobileBertConfig
 
-Transform = Literal["copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads",
-                    "transpose"]
+Transform = Literal[
+  "copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads", "transpose"
+]
 
 # Which model classes have which top-level parts, as in transformers.
 _HAS_POOLER = {
-  "MobileBertModel": True, "MobileBertForPreTraining": True, "MobileBertForMaskedLM": False,
-  "MobileBertForNextSentencePrediction": True, "MobileBertForSequenceClassification": True,
-  "MobileBertForMultipleChoice": True, "MobileBertForTokenClassification": False,
+  "MobileBertModel": True,
+  "MobileBertForPreTraining": True,
+  "MobileBertForMaskedLM": False,
+  "MobileBertForNextSentencePrediction": True,
+  "MobileBertForSequenceClassification": True,
+  "MobileBertForMultipleChoice": True,
+  "MobileBertForTokenClassification": False,
   "MobileBertForQuestionAnswering": False,
 }
 
@@ -91,15 +96,20 @@ def their_shape(our_shape: tuple[int, ...], transform: Transform) -> tuple[int, 
   return to_theirs(np.empty(our_shape, dtype=np.int8), transform).shape
 
 
-def _dense(ours: tuple[str, ...], theirs: str, kernel: Transform = "linear",
-           bias: Transform = "copy") -> list[TensorMapping]:
-  return [TensorMapping((*ours, "kernel"), f"{theirs}.weight", kernel),
-          TensorMapping((*ours, "bias"), f"{theirs}.bias", bias)]
+def _dense(
+  ours: tuple[str, ...], theirs: str, kernel: Transform = "linear", bias: Transform = "copy"
+) -> list[TensorMapping]:
+  return [
+    TensorMapping((*ours, "kernel"), f"{theirs}.weight", kernel),
+    TensorMapping((*ours, "bias"), f"{theirs}.bias", bias),
+  ]
 
 
 def _norm(ours: tuple[str, ...], theirs: str) -> list[TensorMapping]:
-  return [TensorMapping((*ours, "scale"), f"{theirs}.weight"),
-          TensorMapping((*ours, "bias"), f"{theirs}.bias")]
+  return [
+    TensorMapping((*ours, "scale"), f"{theirs}.weight"),
+    TensorMapping((*ours, "bias"), f"{theirs}.bias"),
+  ]
 
 
 def _block(config: MobileBertConfig, ours: tuple[str, ...], theirs: str) -> list[TensorMapping]:
@@ -108,26 +118,39 @@ def _block(config: MobileBertConfig, ours: tuple[str, ...], theirs: str) -> list
     table += _dense((*ours, "bottleneck_input", "dense"), f"{theirs}.bottleneck.input.dense")
     table += _norm((*ours, "bottleneck_input", "norm"), f"{theirs}.bottleneck.input.LayerNorm")
     if config.uses_shared_bottleneck:
-      table += _dense((*ours, "kq_shared_bottleneck", "dense"),
-                      f"{theirs}.bottleneck.attention.dense")
-      table += _norm((*ours, "kq_shared_bottleneck", "norm"),
-                     f"{theirs}.bottleneck.attention.LayerNorm")
+      table += _dense(
+        (*ours, "kq_shared_bottleneck", "dense"), f"{theirs}.bottleneck.attention.dense"
+      )
+      table += _norm(
+        (*ours, "kq_shared_bottleneck", "norm"), f"{theirs}.bottleneck.attention.LayerNorm"
+      )
   for proj in ("query", "key", "value"):
-    table += _dense((*ours, "attention", proj), f"{theirs}.attention.self.{proj}",
-                    kernel="linear_to_heads", bias="bias_to_heads")
-  table += _dense((*ours, "attention", "output"), f"{theirs}.attention.output.dense",
-                  kernel="linear_from_heads")
+    table += _dense(
+      (*ours, "attention", proj),
+      f"{theirs}.attention.self.{proj}",
+      kernel="linear_to_heads",
+      bias="bias_to_heads",
+    )
+  table += _dense(
+    (*ours, "attention", "output"), f"{theirs}.attention.output.dense", kernel="linear_from_heads"
+  )
   table += _norm((*ours, "attention", "norm"), f"{theirs}.attention.output.LayerNorm")
   last = config.num_feedforward_networks - 1
   for f in range(config.num_feedforward_networks):
     # transformers numbers the first F-1 FFNs `ffn.{f}` and calls the last one the block's own
     # `intermediate`/`output`.
     if f < last:
-      names = (f"{theirs}.ffn.{f}.intermediate.dense", f"{theirs}.ffn.{f}.output.dense",
-               f"{theirs}.ffn.{f}.output.LayerNorm")
+      names = (
+        f"{theirs}.ffn.{f}.intermediate.dense",
+        f"{theirs}.ffn.{f}.output.dense",
+        f"{theirs}.ffn.{f}.output.LayerNorm",
+      )
     else:
-      names = (f"{theirs}.intermediate.dense", f"{theirs}.output.dense",
-               f"{theirs}.output.LayerNorm")
+      names = (
+        f"{theirs}.intermediate.dense",
+        f"{theirs}.output.dense",
+        f"{theirs}.output.LayerNorm",
+      )
     table += _dense((*ours, f"ffn_{f}", "intermediate"), names[0])
     table += _dense((*ours, f"ffn_{f}", "output"), names[1])
     table += _norm((*ours, f"ffn_{f}", "norm"), names[2])
@@ -137,8 +160,9 @@ def _block(config: MobileBertConfig, ours: tuple[str, ...], theirs: str) -> list
   return table
 
 
-def encoder_table(config: MobileBertConfig, ours: tuple[str, ...], theirs: str,
-                  add_pooling_layer: bool) -> list[TensorMapping]:
+def encoder_table(
+  config: MobileBertConfig, ours: tuple[str, ...], theirs: str, add_pooling_layer: bool
+) -> list[TensorMapping]:
   """Name table of `MobileBertModel` (embeddings, unscanned blocks, pooler).
 
   Args:
@@ -171,8 +195,9 @@ def _mlm_table(config: MobileBertConfig) -> list[TensorMapping]:
   table = _dense((*head, "transform_dense"), "cls.predictions.transform.dense")
   table += _norm((*head, "transform_layer_norm"), "cls.predictions.transform.LayerNorm")
   if config.hidden_size > config.embedding_size:
-    table.append(TensorMapping((*head, "extra_output_weights"), "cls.predictions.dense.weight",
-                               "transpose"))
+    table.append(
+      TensorMapping((*head, "extra_output_weights"), "cls.predictions.dense.weight", "transpose")
+    )
   table.append(TensorMapping((*head, "bias"), "cls.predictions.bias"))
   return table
 
@@ -197,8 +222,11 @@ def model_table(config: MobileBertConfig, model_class: str) -> list[TensorMappin
     table += _mlm_table(config)
   if model_class in ("MobileBertForPreTraining", "MobileBertForNextSentencePrediction"):
     table += _dense(("cls", "seq_relationship"), "cls.seq_relationship")
-  if model_class in ("MobileBertForSequenceClassification", "MobileBertForMultipleChoice",
-                     "MobileBertForTokenClassification"):
+  if model_class in (
+    "MobileBertForSequenceClassification",
+    "MobileBertForMultipleChoice",
+    "MobileBertForTokenClassification",
+  ):
     table += _dense(("classifier",), "classifier")
   if model_class == "MobileBertForQuestionAnswering":
     table += _dense(("qa_outputs",), "qa_outputs")
