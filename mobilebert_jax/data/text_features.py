@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mobilebert_jax.tokenization.encoding import truncated_lengths
+
 __all__ = [
   "FeaturizationReport",
   "PairFeaturizer",
@@ -47,8 +49,7 @@ class Tokenizer(Protocol):
 def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
   """Lengths that BERT's longest-first rule leaves for a pair of segments.
 
-  Equivalent to popping one token at a time from the longer segment (from segment b when both
-  are equally long) until `len_a + len_b <= budget`, computed in closed form.
+  The tokenizers' own rule (`tokenization.encoding.truncated_lengths`), specialised to pairs.
 
   Args:
     len_a: Tokens in the first segment.
@@ -58,18 +59,8 @@ def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int
   Returns:
     `(new_len_a, new_len_b)`.
   """
-  if budget < 0:
-    raise ValueError(f"the token budget must be >= 0, got {budget}")
-  excess = len_a + len_b - budget
-  if excess <= 0:
-    return len_a, len_b
-  # First the longer segment is cut down to the length of the shorter one...
-  from_longer = min(abs(len_a - len_b), excess)
-  rest = excess - from_longer
-  # ...then both shrink together; on each tie the pop goes to b, so b loses the odd token.
-  if len_a > len_b:
-    return len_a - from_longer - rest // 2, len_b - (rest - rest // 2)
-  return len_a - rest // 2, len_b - from_longer - (rest - rest // 2)
+  kept_a, kept_b = truncated_lengths(len_a, len_b, budget, "longest_first")
+  return kept_a, kept_b
 
 
 @dataclasses.dataclass(frozen=True)
