@@ -18,6 +18,7 @@ from mobilebert_jax.models import (
   abstract_params,
   init_params,
 )
+from mobilebert_jax.weights import load_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,6 @@ __all__ = [
   "MobileBertModel",
   "abstract_params",
   "init_params",
+  "load_pretrained",
+  "save_pretrained",
 ]

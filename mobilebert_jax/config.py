@@ -559,14 +559,16 @@ def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]
 
 def _fields_from_hf(data: Mapping[str, Any]) -> dict[str, Any]:
   names = {f.name for f in dataclasses.fields(MobileBertConfig)}
+  # A file written by transformers uses "dtype"/"torch_dtype" for the storage dtype of its
+  # weights, not for our compute dtype; only our own config files carry implementation fields.
+  written_by_transformers = "transformers_version" in data
   fields: dict[str, Any] = {}
   for key, value in data.items():
-    if key in names and key not in IMPLEMENTATION_FIELDS:
+    if key in IMPLEMENTATION_FIELDS:
+      if not written_by_transformers:
+        fields[key] = value
+    elif key in names:
       fields[key] = value
-    elif key in IMPLEMENTATION_FIELDS:
-      fields[key] = value  # our own config.json files carry them
-    elif key in ("true_hidden_size",) or key in _HF_GENERIC_KEYS:
-      continue
   if "id2label" in data and "num_labels" not in data:
     fields["num_labels"] = len(data["id2label"])
   if "true_hidden_size" in data:

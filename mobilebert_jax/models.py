@@ -348,7 +348,9 @@ def init_params(module: nn.Module, rng: jax.Array | int = 0, length: int = 8) ->
   """
   if isinstance(rng, int):
     rng = jax.random.key(rng)
-  variables = jax.jit(module.init)(rng, dummy_inputs(module, length=length))
+  # Eager on purpose: jitting `init` compiles the whole forward pass (minutes for the released
+  # model on a CPU) only to run it once.
+  variables = module.init(rng, dummy_inputs(module, length=length))
   return nn.meta.unbox(variables["params"])
 
 

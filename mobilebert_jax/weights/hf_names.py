@@ -22,6 +22,9 @@ Transform = Literal[
   "copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads", "transpose"
 ]
 
+# transformers' `base_model_prefix`: the encoder's scope in every class but `MobileBertModel`.
+BASE_MODEL_PREFIX = "mobilebert."
+
 # Which model classes have which top-level parts, as in transformers.
 _HAS_POOLER = {
   "MobileBertModel": True,
@@ -217,7 +220,7 @@ def model_table(config: MobileBertConfig, model_class: str) -> list[TensorMappin
   pooler = _HAS_POOLER[model_class]
   if model_class == "MobileBertModel":
     return encoder_table(config, (), "", pooler)
-  table = encoder_table(config, ("mobilebert",), "mobilebert.", pooler)
+  table = encoder_table(config, ("mobilebert",), BASE_MODEL_PREFIX, pooler)
   if model_class in ("MobileBertForPreTraining", "MobileBertForMaskedLM"):
     table += _mlm_table(config)
   if model_class in ("MobileBertForPreTraining", "MobileBertForNextSentencePrediction"):
@@ -237,14 +240,28 @@ def tied_or_buffer_keys(model_class: str) -> dict[str, str]:
   """Keys transformers may store besides the table: tied copies and buffers.
 
   They carry no information of their own, so the importer neither loads them nor reports them
-  as unused; the exporter writes the tied ones for older readers.
+  as unused, and the exporter leaves them out, as transformers' own safetensors files do
+  (transformers re-ties the copies when it loads).
 
   Returns:
     key -> why it is not in the table.
   """
-  prefix = "" if model_class == "MobileBertModel" else "mobilebert."
+  prefix = "" if model_class == "MobileBertModel" else BASE_MODEL_PREFIX
   keys = {f"{prefix}embeddings.position_ids": "a buffer (0..max_position_embeddings-1)"}
   if model_class in ("MobileBertForPreTraining", "MobileBertForMaskedLM"):
-    keys["cls.predictions.decoder.weight"] = "tied to the word embeddings"
-    keys["cls.predictions.decoder.bias"] = "tied to cls.predictions.bias"
+    for copy, original in tied_copies().items():
+      keys[copy] = f"tied to {original}"
   return keys
+
+
+def tied_copies() -> dict[str, str]:
+  """Tied copies transformers may store in a state dict -> the key whose value they repeat.
+
+  Both names are in the namespace of the classes with an MLM head (`mobilebert.` prefix). The
+  two tensors have the same shape and must be equal; a checkpoint where they differ cannot be
+  represented by a tied model.
+  """
+  return {
+    "cls.predictions.decoder.weight": f"{BASE_MODEL_PREFIX}embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+  }
