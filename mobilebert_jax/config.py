@@ -628,7 +628,11 @@ def _normalise_id2label(value: Any) -> tuple[tuple[int, str], ...] | None:
     items = value.items()
   else:
     items = value
-  return tuple(sorted((int(k), str(v)) for k, v in items))
+  pairs = tuple(sorted((int(k), str(v)) for k, v in items))
+  # transformers writes generated names when there are none; they carry no information.
+  if all(name == f"LABEL_{i}" for i, name in pairs):
+    return None
+  return pairs
 
 
 # The released architectures (spec section 2.1).
