@@ -244,6 +244,8 @@ class MobileBertConfig:
   # ------------------------------------------------------------------------------------------
 
   def __post_init__(self):
+    # Accept a dict (as in transformers) and store the hashable, canonical form.
+    object.__setattr__(self, "id2label", _normalise_id2label(self.id2label))
     problems = []
     for name in (
       "vocab_size",
