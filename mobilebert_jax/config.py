@@ -618,6 +618,10 @@ def _fields_from_tf2(data: Mapping[str, Any]) -> dict[str, Any]:
   for key, value in data.items():
     if key in _TF2_KEY_MAP:
       fields[_TF2_KEY_MAP[key]] = value
+  # The Model Garden MobileBERT project (`model_utils`, the TF1->TF2 converter, the TF-Hub
+  # export) builds "gelu" as the tanh approximation, which this default follows. An encoder built
+  # from an experiment yaml by `encoders.build_encoder` hands the string to Keras instead (exact
+  # GELU in the FFNs); the yaml reader in `weights/tf2.py` handles that case.
   if fields["hidden_act"] == "gelu":
     fields["hidden_act"] = "gelu_new"
   return fields
