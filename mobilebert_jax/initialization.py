@@ -1,0 +1,251 @@
+"""Where a fine-tuning run starts from: its weights (`config.init_from`) and its tokenizer.
+
+`init_from` may be
+
+* "" or `preset:NAME`: train the architecture `config.model.preset` (or NAME) from scratch;
+* one of our training checkpoints (a workdir, its `checkpoints/` directory, or one step of it):
+  the parameters present in both models with the same shapes are taken (e.g. the encoder of a
+  pre-training or other-task checkpoint, or everything of a same-task checkpoint), the rest is
+  freshly initialised;
+* anything `mobilebert_jax.load_pretrained` reads: an HF directory or hub id, and the TF1, TF2
+  and TF-Hub checkpoints its readers recognise.
+
+In every case the `MobileBertConfig` is the source's (or the preset's), updated with the fields
+set in `config.model` and with the task's (`num_labels`, ...).
+
+The tokenizer comes from `config.tokenizer.vocab_file`, else from the `vocab.txt` the workdir
+keeps from an earlier start, else from beside the weights (`init_from`'s directory, or the hub
+repository's `vocab.txt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from flax import traverse_util
+
+from mobilebert_jax import checkpointing
+from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.models import abstract_params, init_params
+from mobilebert_jax.tasks import Task, get_task
+from mobilebert_jax.tokenization import SentencePieceTokenizer, WordPieceTokenizer
+from mobilebert_jax.weights import layout
+from mobilebert_jax.weights.loading import load_pretrained
+
+PyTree = Any
+ConfigDict = ml_collections.ConfigDict
+
+PRESET_PREFIX = "preset:"
+CHECKPOINTS_DIR = "checkpoints"
+VOCAB_NAMES = ("vocab.txt", "spiece.model", "sentencepiece.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialWeights:
+  """The model config of a run and, unless it starts from scratch, its first parameters.
+
+  Attributes:
+    model_config: the resolved architecture (with the task's head settings).
+    params: unboxed parameters (host or device arrays), or None to initialise from scratch.
+    description: where they come from, for the logs.
+  """
+
+  model_config: MobileBertConfig
+  params: PyTree | None
+  description: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Model config and weights
+# ----------------------------------------------------------------------------------------------
+
+
+def config_overrides(config: ConfigDict, task: Task) -> dict[str, Any]:
+  """The `MobileBertConfig` fields set by `config.model` (non-None) and by the task."""
+  fields = {k: v for k, v in config.model.items() if k != "preset" and v is not None}
+  fields.update(task.model_overrides(config))
+  return fields
+
+
+def initial_weights(config: ConfigDict, task: Task, tokenizer: Any) -> InitialWeights:
+  """Resolves `config.init_from` (see the module docstring).
+
+  Raises:
+    FileNotFoundError: `init_from` names nothing readable (the message lists what is).
+    ValueError: a bad preset or model override, or a tokenizer larger than the embeddings.
+  """
+  source = (config.init_from or "").strip()
+  overrides = config_overrides(config, task)
+  if not source or source.startswith(PRESET_PREFIX):
+    preset = source.removeprefix(PRESET_PREFIX) or config.model.preset
+    overrides.setdefault("vocab_size", tokenizer.vocab_size)
+    try:
+      model_config = MobileBertConfig.from_preset(preset, **overrides)
+    except KeyError as e:
+      raise ValueError(str(e.args[0])) from None
+    weights = InitialWeights(model_config, None, f"from scratch ({preset} architecture)")
+  elif find_checkpoint(source) is not None:
+    weights = _from_our_checkpoint(source, task, overrides, config.seed)
+  else:
+    module, params, report = load_pretrained(
+      source, task.model_class, rng=config.seed, return_report=True, **overrides
+    )
+    weights = InitialWeights(module.config, params, f"{report.format} checkpoint {source}")
+  _check_vocab(weights.model_config, tokenizer, config)
+  return weights
+
+
+def _check_vocab(model_config: MobileBertConfig, tokenizer: Any, config: ConfigDict) -> None:
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(
+      f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table only "
+      f"{model_config.vocab_size} rows: use the vocabulary the weights were trained with"
+    )
+  if config.data.max_seq_length > model_config.max_position_embeddings:
+    raise ValueError(
+      f"--config.data.max_seq_length={config.data.max_seq_length} exceeds the model's "
+      f"max_position_embeddings={model_config.max_position_embeddings}"
+    )
+
+
+def find_checkpoint(path: str) -> tuple[str, int | None] | None:
+  """Our checkpoint at `path`: (checkpoint root, step or None for the latest), else None.
+
+  `path` may be a workdir (with `checkpoints/`), a checkpoint root, or one step directory.
+  """
+  if not os.path.isdir(path):
+    return None
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, checkpointing.STATE_ITEM)):  # one step directory
+    name = os.path.basename(path)
+    return (os.path.dirname(path), int(name)) if name.isdigit() else None
+  for candidate in (path, os.path.join(path, CHECKPOINTS_DIR)):
+    if os.path.isdir(candidate) and any(
+      n.isdigit() and os.path.isdir(os.path.join(candidate, n, checkpointing.STATE_ITEM))
+      for n in os.listdir(candidate)
+    ):
+      return candidate, None
+  return None
+
+
+def _from_our_checkpoint(
+  source: str, task: Task, overrides: dict[str, Any], seed: int
+) -> InitialWeights:
+  """Parameters shared (same path, same shape) with one of our training checkpoints."""
+  root, step = find_checkpoint(source)
+  manager = checkpointing.CheckpointManager(root, read_only=True)
+  try:
+    metadata = manager.metadata(step)
+  finally:
+    manager.close()
+  saved_config = MobileBertConfig.from_dict(metadata["model_config"], source="hf")
+  saved_task = get_task(metadata["train_config"]["task"])
+  model_config = saved_config.replace(**overrides)
+
+  # Compare in the checkpoint's layer layout (scanned or not), convert at the end.
+  as_saved = model_config.replace(scan_layers=saved_config.scan_layers)
+  saved_leaves = traverse_util.flatten_dict(abstract_params(saved_task.model_class(saved_config)))
+  fresh = traverse_util.flatten_dict(init_params(task.model_class(as_saved), seed))
+  shared = {
+    path: jax.ShapeDtypeStruct(value.shape, value.dtype)
+    for path, value in fresh.items()
+    if path in saved_leaves and saved_leaves[path].shape == value.shape
+  }
+  if not shared:
+    raise ValueError(f"{source}: the checkpoint shares no parameter with {task.model_class}")
+  restored = checkpointing.load_params_from_checkpoint(
+    root, traverse_util.unflatten_dict(shared), step=metadata["step"]
+  )
+  fresh.update(traverse_util.flatten_dict(restored))
+  params = traverse_util.unflatten_dict(fresh)
+  if saved_config.scan_layers != model_config.scan_layers:
+    convert = layout.stack_layers if model_config.scan_layers else layout.unstack_layers
+    params = convert(params)
+  fresh_paths = sorted("/".join(p) for p in fresh if p not in shared)
+  logging.info(
+    "init_from %s (step %s, task %s): %d tensors loaded, %d freshly initialised %s",
+    root,
+    metadata.get("step"),
+    saved_task.name,
+    len(shared),
+    len(fresh_paths),
+    fresh_paths[:8],
+  )
+  return InitialWeights(model_config, params, f"our checkpoint {root} step {metadata.get('step')}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+def find_vocab_file(config: ConfigDict, workdir: str) -> str:
+  """The vocabulary to use (see the module docstring for the order).
+
+  Raises:
+    FileNotFoundError: no vocabulary anywhere, or `vocab_file` does not exist.
+  """
+  explicit = config.tokenizer.get("vocab_file")
+  if explicit:
+    if not os.path.isfile(explicit):
+      raise FileNotFoundError(f"--config.tokenizer.vocab_file={explicit} does not exist")
+    return explicit
+  for name in VOCAB_NAMES:
+    kept = os.path.join(workdir, name)
+    if os.path.isfile(kept):
+      return kept
+  source = (config.init_from or "").strip()
+  if source and not source.startswith(PRESET_PREFIX):
+    directory = source if os.path.isdir(source) else os.path.dirname(source)
+    checkpoint = find_checkpoint(source)
+    look_in = [directory]
+    if checkpoint is not None:  # a workdir of ours keeps its vocabulary next to `checkpoints/`
+      look_in.append(os.path.dirname(checkpoint[0]))
+    for folder in filter(None, look_in):
+      for name in VOCAB_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+          return os.path.join(folder, name)
+    looks_like_path = source.startswith((".", "~", os.sep)) or source.count("/") > 1
+    if looks_like_path and not os.path.exists(source):
+      raise FileNotFoundError(f"--init_from={source} does not exist")
+    if not os.path.exists(source) and not os.path.exists(directory or source):
+      return _hub_vocab(source)
+  raise FileNotFoundError(
+    f"no vocabulary found (init_from={source!r}); set --config.tokenizer.vocab_file=PATH to a "
+    "BERT vocab.txt or a SentencePiece .model"
+  )
+
+
+def _hub_vocab(repo_id: str) -> str:
+  from huggingface_hub import hf_hub_download  # Only hub sources need it.
+
+  try:
+    return hf_hub_download(repo_id, "vocab.txt")
+  except Exception as e:  # offline, missing repo or file: all mean "no vocabulary from there"
+    raise FileNotFoundError(
+      f"could not get vocab.txt of {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
+      f"{e}); set --config.tokenizer.vocab_file=PATH"
+    ) from e
+
+
+def load_tokenizer(vocab_file: str, do_lower_case: bool) -> Any:
+  """A WordPiece tokenizer for `vocab.txt` files, SentencePiece for `.model` files."""
+  if vocab_file.endswith(".model"):
+    return SentencePieceTokenizer.from_file(vocab_file, do_lower_case=do_lower_case)
+  return WordPieceTokenizer.from_file(vocab_file, do_lower_case=do_lower_case)
+
+
+def keep_vocab(vocab_file: str, workdir: str) -> None:
+  """Copies the vocabulary into the workdir (once), so a resumed run needs no other files."""
+  name = VOCAB_NAMES[1] if vocab_file.endswith(".model") else VOCAB_NAMES[0]
+  kept = os.path.join(workdir, name)
+  if os.path.abspath(vocab_file) != os.path.abspath(kept) and not os.path.exists(kept):
+    tmp = f"{kept}.tmp"
+    shutil.copyfile(vocab_file, tmp)
+    os.replace(tmp, kept)

@@ -1,0 +1,137 @@
+"""Training summaries: TensorBoard events, a JSON-lines metrics file and a progress bar.
+
+Only process 0 writes (on other processes every call is a no-op), so a multi-host job produces one
+set of files:
+
+* `WORKDIR/tensorboard/events.out.tfevents.*` via tensorboardX (`tensorboard --logdir WORKDIR`);
+* `WORKDIR/metrics.jsonl`, one `{"step": ..., "time": ..., "<name>": value, ...}` object per
+  line, appended across restarts, for scripts and notebooks that do not read event files;
+* a tqdm bar on stderr with steps/s, time left and the latest loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def _json_number(value: float) -> float | str:
+  """JSON has no NaN/Infinity: non-finite values are written as strings ("nan", "inf")."""
+  return value if math.isfinite(value) else str(value)
+
+
+class MetricWriter:
+  """Writes scalar metrics to TensorBoard and to `metrics.jsonl` (process 0 only).
+
+  Args:
+    workdir: the run directory.
+    enabled: write at all; defaults to "this is process 0".
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None):
+    self.enabled = _is_main_process() if enabled is None else enabled
+    self._tensorboard = None
+    self._jsonl = None
+    if self.enabled:
+      # Imported here: tensorboardX is only needed on the process that writes.
+      from tensorboardX import SummaryWriter
+
+      os.makedirs(workdir, exist_ok=True)
+      self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")  # noqa: SIM115
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Writes `name -> number` at `step` (names with "/" group in TensorBoard)."""
+    if not self.enabled or not scalars:
+      return
+    values = {name: float(value) for name, value in scalars.items()}
+    for name, value in values.items():
+      self._tensorboard.add_scalar(name, value, global_step=step)
+    record = {"step": int(step), "time": round(time.time(), 3)}
+    record.update({name: _json_number(value) for name, value in values.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+
+  def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    """A text summary (e.g. the resolved config), shown in TensorBoard's text tab."""
+    if self.enabled:
+      # Markdown: indent by four spaces so the text shows as a code block.
+      self._tensorboard.add_text(tag, "    " + text.replace("\n", "\n    "), global_step=step)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._tensorboard.flush()
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled and self._jsonl is not None:
+      self._tensorboard.close()
+      self._jsonl.close()
+      self._jsonl = None
+
+  def __enter__(self) -> MetricWriter:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+class ProgressBar:
+  """A tqdm bar over training steps: steps/s and time left from tqdm, the loss as a postfix.
+
+  Args:
+    total_steps: the run's last step.
+    initial_step: where the run (re)starts.
+    enabled: show the bar at all; it is shown on process 0 only.
+  """
+
+  def __init__(self, total_steps: int, initial_step: int = 0, *, enabled: bool = True):
+    self._bar = None
+    if enabled and _is_main_process():
+      self._bar = tqdm.tqdm(
+        total=total_steps,
+        initial=initial_step,
+        unit="step",
+        desc="train",
+        dynamic_ncols=True,
+        smoothing=0.1,
+      )
+
+  def update(self, steps: int = 1) -> None:
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def set_metrics(self, **metrics: float) -> None:
+    """Shows e.g. `loss=1.234` next to the bar."""
+    if self._bar is not None:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+
+  def write(self, message: str) -> None:
+    """Prints a line above the bar (plain print when there is no bar)."""
+    if self._bar is not None:
+      self._bar.write(message)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> ProgressBar:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
