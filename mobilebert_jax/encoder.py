@@ -464,18 +464,25 @@ def validate_inputs(
   for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
     if other is not None and tuple(other.shape) != shape:
       raise ValueError(f"{name} has shape {tuple(other.shape)} but input_ids has shape {shape}")
-  if _is_concrete(input_ids) and input_ids.size:
-    low, high = int(jnp.min(input_ids)), int(jnp.max(input_ids))
-    if low < 0 or high >= config.vocab_size:
-      bad = high if high >= config.vocab_size else low
-      raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
-  if token_type_ids is not None and _is_concrete(token_type_ids) and token_type_ids.size:
-    low, high = int(jnp.min(token_type_ids)), int(jnp.max(token_type_ids))
-    if low < 0 or high >= config.type_vocab_size:
-      bad = high if high >= config.type_vocab_size else low
-      raise ValueError(
-        f"token type id {bad} is outside [0, type_vocab_size={config.type_vocab_size})"
-      )
+  # Concrete arrays are checked on the host with NumPy: jnp reductions would be staged into an
+  # enclosing trace when the ids are constants captured by a jitted function.
+  vocab = config.vocab_size
+  _check_id_range(input_ids, vocab, f"token id {{}} is outside the vocabulary [0, {vocab})")
+  if token_type_ids is not None:
+    types = config.type_vocab_size
+    message = f"token type id {{}} is outside [0, type_vocab_size={types})"
+    _check_id_range(token_type_ids, types, message)
+
+
+def _check_id_range(ids: Array, size: int, message: str) -> None:
+  """Raises ValueError(message.format(bad_id)) when concrete `ids` fall outside [0, size)."""
+  if not _is_concrete(ids) or not ids.size:
+    return
+  values = np.asarray(ids)
+  low, high = int(values.min()), int(values.max())
+  if low < 0 or high >= size:
+    bad = high if high >= size else low
+    raise ValueError(message.format(bad))
 
 
 class MobileBertModel(nn.Module):
