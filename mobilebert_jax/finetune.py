@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import logging
 import os
 import re
 import sys
@@ -40,10 +39,9 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mobilebert_jax import distributed, tasks
+from mobilebert_jax import distributed, summaries, tasks
 
 # Config file of each task family, and the variant a task adds to it.
 _FAMILY_FILES = {
@@ -275,16 +273,9 @@ def _parse_for_app(argv: Sequence[str]) -> flags.FlagValues:
     sys.exit(1)
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO records of chatty libraries (Orbax logs a dozen lines per checkpoint)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def _app_main(parsed: flags.FlagValues) -> None:
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-  finetune(parsed)  # app.run would turn a returned value into the exit status
+  with summaries.quiet_library_logs():
+    finetune(parsed)  # app.run would turn a returned value into the exit status
 
 
 def run() -> None:

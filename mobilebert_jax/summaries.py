@@ -7,19 +7,25 @@ set of files:
 * `WORKDIR/metrics.jsonl`, one `{"step": ..., "time": ..., "<name>": value, ...}` object per
   line, appended across restarts, for scripts and notebooks that do not read event files;
 * a tqdm bar on stderr with steps/s, time left and the latest loss.
+
+`quiet_library_logs()` keeps chatty libraries' INFO lines (Orbax logs a dozen per checkpoint) out
+of the training log, for the command line and notebooks alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import tqdm
+from absl import logging as absl_logging
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -135,3 +141,44 @@ class ProgressBar:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+class _LibraryLogFilter(logging.Filter):
+  """Drops records below `level` logged from inside the named libraries' source trees."""
+
+  def __init__(self, libraries: Sequence[str], level: int):
+    super().__init__()
+    self._parts = tuple(f"{os.sep}{name}{os.sep}" for name in libraries)
+    self._level = level
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= self._level or not any(p in record.pathname for p in self._parts)
+
+
+@contextlib.contextmanager
+def quiet_library_logs(
+  libraries: Sequence[str] = ("orbax",), level: int = logging.WARNING
+) -> Iterator[None]:
+  """Hides the log lines of `libraries` below `level` while the block runs.
+
+      with summaries.quiet_library_logs():
+        trainer.train_and_evaluate(config, workdir)
+
+  Records are recognised by the file that logs them (`.../orbax/...`), so the filter works
+  whichever logger they go through: it sits on absl's logger (Orbax logs through absl) and on
+  the root logger's handlers present on entry (absl's handler under `app.run`).
+
+  Args:
+    libraries: top-level package names, e.g. ("orbax", "tensorflow").
+    level: the lowest level still shown: WARNING hides INFO and DEBUG chatter; ERROR also
+      hides warnings (Orbax warns about routine things, e.g. every read-only open).
+  """
+  quiet = _LibraryLogFilter(libraries, level)
+  targets = [absl_logging.get_absl_logger(), *logging.getLogger().handlers]
+  for target in targets:
+    target.addFilter(quiet)
+  try:
+    yield
+  finally:
+    for target in targets:
+      target.removeFilter(quiet)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import time
 
 import nbformat
 import pytest
+from absl import logging as absl_logging
+
+from mobilebert_jax import summaries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "colab", "squad_finetune_tpu.ipynb")
@@ -58,9 +62,55 @@ def test_notebook_is_valid_stripped_and_switchable():
   assert "MOBILEBERT_COLAB_WORKDIR" in sources
   assert "google/mobilebert-uncased" in sources
   assert "PACKAGE_SOURCE" in sources
+  # The package's public helpers, not inline copies of them.
+  assert "inference.load_finetuned(WORKDIR)" in sources
+  assert "inference.answer_question(" in sources
+  assert "summaries.quiet_library_logs(" in sources
+  assert "addFilter" not in sources and "setLevel" not in sources
   # Every markdown cell explains something; the notebook stays small.
   assert all(c.source.strip() for c in nb.cells)
   assert os.path.getsize(NOTEBOOK) < 60_000
+
+
+def test_quiet_library_logs_hides_only_the_named_libraries_below_the_level():
+  """The helper the notebook (and the command line) use around training."""
+
+  class Collect(logging.Handler):
+    def __init__(self):
+      super().__init__()
+      self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+      self.messages.append(record.getMessage())
+
+  def record(path: str, level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "manager.py")
+  ours_file = os.path.join(os.sep, "repo", "mobilebert_jax", "trainer.py")
+  collect = Collect()
+  absl_logger = absl_logging.get_absl_logger()
+  absl_logger.addHandler(collect)
+  try:
+    with summaries.quiet_library_logs():
+      for path, level, message in [
+        (orbax_file, logging.INFO, "orbax info"),
+        (orbax_file, logging.WARNING, "orbax warning"),
+        (ours_file, logging.INFO, "our info"),
+      ]:
+        absl_logger.handle(record(path, level, message))
+    with summaries.quiet_library_logs(level=logging.ERROR):
+      absl_logger.handle(record(orbax_file, logging.WARNING, "hidden orbax warning"))
+      absl_logger.handle(record(orbax_file, logging.ERROR, "orbax error"))
+    absl_logger.handle(record(orbax_file, logging.INFO, "orbax info after the block"))
+  finally:
+    absl_logger.removeHandler(collect)
+  assert collect.messages == [
+    "orbax warning",
+    "our info",
+    "orbax error",
+    "orbax info after the block",
+  ]
 
 
 @pytest.mark.slow
@@ -113,6 +163,11 @@ def test_demo_runs_top_to_bottom(tmp_path):
   custom = _stdout(_tagged(nb, "custom-question"))
   answers = [a for _, a in re.findall(r"^A: (['\"])(.*)\1$", custom, re.M)]
   assert answers and all(a.strip() for a in answers), custom
+  spans = re.findall(r"^ +characters (\d+)-(\d+) of the paragraph", custom, re.M)
+  assert len(spans) == len(answers) and all(int(a) < int(b) for a, b in spans), custom
+  # answer_question on a dev question gives the trainer's prediction for it.
+  again = re.search(r"^dev question \S+: (.*)\n +predictions.json: (.*)$", custom, re.M)
+  assert again and again.group(1) == again.group(2), custom
 
   exported = _stdout(_tagged(nb, "export"))
   if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):

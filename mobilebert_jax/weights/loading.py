@@ -190,14 +190,15 @@ def load_pretrained(
   through PyTorch), or a hub id such as "google/mobilebert-uncased". Other formats plug in
   through `register_reader`. A checkpoint of any of the eight classes loads into any class:
   shared parameters are taken, the rest of the target is freshly initialised and the rest of
-  the source is reported as unused (logged at WARNING; see `return_report`).
+  the source is reported as unused (logged at WARNING, or at INFO when `return_report` hands
+  the report to the caller).
 
   Args:
     source: path or remote id of the checkpoint.
     model_cls: the class to build (one of the eight, or a subclass of one).
     config: the architecture; by default the one stored with the weights.
     rng: PRNG key or integer seed for parameters the source lacks (deterministic).
-    return_report: also return the `LoadReport`.
+    return_report: also return the `LoadReport` (whose summary is then logged at INFO only).
     revision: version of a remote source (hub branch, tag or commit); ignored for local paths.
     **config_overrides: config fields to change, e.g. `num_labels=3`, `scan_layers=True`,
       `dtype="bfloat16"`, `param_dtype="bfloat16"`. Loaded tensors are stored in
@@ -250,8 +251,9 @@ def load_pretrained(
     params = layout.stack_layers(params, config.num_hidden_layers)
   params = jax.tree.map(jnp.asarray, params)
 
-  # A dtype widening alone is routine; anything the reader remarked on is not.
-  if report.initialized or report.unused or found.notes:
+  # A dtype widening alone is routine; anything the reader remarked on is not, unless the
+  # caller asked for the report: then it is theirs to show, and a warning would say it twice.
+  if (report.initialized or report.unused or found.notes) and not return_report:
     logger.warning("%s", report.summary())
   else:
     logger.info("%s", report.summary())
