@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import random
+import types
 
 import numpy as np
 import pytest
@@ -21,34 +22,14 @@ from mobilebert_jax.data.pretraining_instances import (
   PretrainingConfig,
   truncate_pair,
 )
+from mobilebert_jax.tokenization import WordPieceTokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 NUM_DOCS = 40
 MAX_SENTENCES = 16
 
 
-class _HFWordPiece:
-  """transformers' BertTokenizer behind the project's tokenizer interface (until ours lands)."""
-
-  def __init__(self, vocab_path):
-    from transformers import BertTokenizer
-
-    self._tokenizer = BertTokenizer(vocab=str(vocab_path), do_lower_case=True)
-    with open(vocab_path, encoding="utf-8") as f:
-      self.vocab = {line.rstrip("\n"): index for index, line in enumerate(f)}
-
-  def tokenize(self, text):
-    return self._tokenizer.tokenize(text)
-
-  def convert_tokens_to_ids(self, tokens):
-    return [self.vocab.get(token, self.vocab["[UNK]"]) for token in tokens]
-
-
 def load_tokenizer(vocab_path):
-  try:
-    from mobilebert_jax.tokenization import WordPieceTokenizer
-  except ImportError:
-    return _HFWordPiece(vocab_path)
   return WordPieceTokenizer.from_file(str(vocab_path), do_lower_case=True)
 
 
@@ -491,8 +472,13 @@ def test_bad_settings_raise_clear_errors():
 def test_bad_inputs_raise_clear_errors(tmp_path, corpus):
   tokenizer = corpus[0]
   (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\na\n", encoding="utf-8")
+  # The tokenizer already refuses such a vocabulary, naming the file...
+  with pytest.raises(ValueError, match=r"vocab\.txt: the vocabulary has no mask token '\[MASK\]'"):
+    load_tokenizer(tmp_path / "vocab.txt")
+  # ...and the pretraining pipeline checks any tokenizer-like object it is handed.
+  without_mask = types.SimpleNamespace(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3})
   with pytest.raises(ValueError, match=r"no \[MASK\]"):
-    MaskingVocab.from_tokenizer(load_tokenizer(tmp_path / "vocab.txt"))
+    MaskingVocab.from_tokenizer(without_mask)
 
   empty = tmp_path / "empty.txt"
   empty.write_text("\n\n   \n", encoding="utf-8")
