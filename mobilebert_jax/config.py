@@ -560,6 +560,9 @@ def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]
 
 
 def _fields_from_hf(data: Mapping[str, Any]) -> dict[str, Any]:
+  model_type = data.get("model_type", "mobilebert")
+  if model_type != "mobilebert":
+    raise ValueError(f"the config describes a {model_type!r} model, not MobileBERT")
   names = {f.name for f in dataclasses.fields(MobileBertConfig)}
   # A file written by transformers uses "dtype"/"torch_dtype" for the storage dtype of its
   # weights, not for our compute dtype; only our own config files carry implementation fields.

@@ -616,7 +616,7 @@ def test_config_of_another_model_type(checkpoint, tmp_path):
   _, directory = checkpoint("small", "MobileBertModel")
   shutil.copy(os.path.join(directory, "model.safetensors"), tmp_path)
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 99}))
-  with pytest.raises(ValueError, match=r"config.json describes a 'bert' model"):
+  with pytest.raises(ValueError, match=r"config.json: the config describes a 'bert' model"):
     load_pretrained(str(tmp_path))
 
 

@@ -42,8 +42,6 @@ WEIGHT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)
 TORCH_EXTRA_HINT = 'pip install "mobilebert-jax[torch]"'
 # A hub id: "name" or "owner/name" (letters, digits, "-", "_", ".").
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-# transformers' config.json keys that describe how the file stores tensors, not how we compute.
-_STORAGE_DTYPE_KEYS = ("dtype", "torch_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,28 +200,13 @@ def _expand_index(path: str, locate) -> tuple[str, ...]:
 def read_hf_config(path: str) -> MobileBertConfig:
   """Reads a transformers `config.json` as a `MobileBertConfig`.
 
-  transformers writes `dtype` (formerly `torch_dtype`) for the dtype the weights are stored
-  in; that is not our compute `dtype`, so it is dropped from files transformers wrote.
+  Its `dtype`/`torch_dtype` (the storage dtype of the weights) is not taken as our compute
+  `dtype`; see `MobileBertConfig.from_dict`.
 
   Raises:
     ValueError: not JSON, not a MobileBERT config, or an impossible architecture.
   """
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
-  if not isinstance(data, dict):
-    raise ValueError(f"{path} does not hold a JSON object, so it is not a model config")
-  model_type = data.get("model_type", "mobilebert")
-  if model_type != "mobilebert":
-    raise ValueError(f"{path} describes a {model_type!r} model, not MobileBERT")
-  if "transformers_version" in data:
-    data = {k: v for k, v in data.items() if k not in _STORAGE_DTYPE_KEYS}
-  try:
-    return MobileBertConfig.from_dict(data, source="hf")
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}") from e
+  return MobileBertConfig.from_json_file(path, source="hf")
 
 
 class _TensorStore:
