@@ -58,6 +58,15 @@ EVAL_METRICS_FILE = "eval_metrics.json"
 CONFIG_FILE = "config.json"
 MODEL_CONFIG_FILE = "model_config.json"
 RUN_INFO_FILE = "run_info.json"
+# The `build_optimizer` arguments that shape its learning-rate schedule.
+_SCHEDULE_ARGS = (
+  "warmup_steps",
+  "warmup_proportion",
+  "decay",
+  "power",
+  "end_lr_rate",
+  "decay_from_warmup",
+)
 # Train metrics that must stay finite; a NaN in any of them poisons the next update.
 _GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
 
@@ -136,11 +145,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   # ------------------------------------------------------------------------------------------
   optimizer_args = config.optimizer.to_dict()
   optimizer = optim.build_optimizer(**optimizer_args, total_steps=max(total_steps, 1))
-  schedule = schedules.build_schedule(  # the optimizer's schedule, for the summaries
-    optimizer_args["learning_rate"],
-    max(total_steps, 1),
-    warmup_proportion=optimizer_args["warmup_proportion"],
-    end_lr_rate=optimizer_args["end_lr_rate"],
+  # The optimizer's own schedule, rebuilt from the same arguments for the summaries.
+  schedule_args = {k: v for k, v in optimizer_args.items() if k in _SCHEDULE_ARGS}
+  schedule = schedules.build_schedule(
+    optimizer_args["learning_rate"], max(total_steps, 1), **schedule_args
   )
   state_shardings = sharding.train_state_shardings(model, optimizer, mesh, rules)
 
