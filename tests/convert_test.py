@@ -34,11 +34,6 @@ pytestmark = [pytest.mark.tf, pytest.mark.torch]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _readers():
-  ref.ensure_tf_readers_registered()
-
-
 def convert(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, "-m", "mobilebert_jax.convert", *args],

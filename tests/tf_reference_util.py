@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -37,7 +38,6 @@ from official.projects.mobilebert import export_tfhub, model_utils
 
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.models import MODEL_CLASSES
-from mobilebert_jax.weights import register_reader, registered_readers, tf_common, tfhub
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -47,84 +47,24 @@ if not hasattr(model_utils, "tf_keras"):
   model_utils.tf_keras = tf_keras
 
 
-def ensure_tf_readers_registered() -> None:
-  """Registers the TF readers if `mobilebert_jax.weights` does not (yet) do it itself.
-
-  A no-op once the package registers them; kept so these tests exercise the readers before.
-  """
-  names = {reader.name for reader in registered_readers()}
-  if "tf-checkpoint" not in names:
-    register_reader(tf_common.TfCheckpointReader())
-  if "tf-hub" not in names:
-    register_reader(tfhub.TfHubReader())
-
-
 # ----------------------------------------------------------------------------------------------
 # Configurations: the google-research `bert_config.json` files (spec 2.1, [TF1-CFG])
 # ----------------------------------------------------------------------------------------------
 
-RELEASED = {
-  "attention_probs_dropout_prob": 0.1,
-  "hidden_act": "relu",
-  "hidden_dropout_prob": 0.0,
-  "hidden_size": 512,
-  "initializer_range": 0.02,
-  "intermediate_size": 512,
-  "max_position_embeddings": 512,
-  "num_attention_heads": 4,
-  "num_hidden_layers": 24,
-  "type_vocab_size": 2,
-  "vocab_size": 30522,
-  "embedding_size": 128,
-  "trigram_input": True,
-  "use_bottleneck": True,
-  "intra_bottleneck_size": 128,
-  "key_query_shared_bottleneck": True,
-  "num_feedforward_networks": 4,
-  "normalization_type": "no_norm",
-  "classifier_activation": False,
-}
-QAT = {**RELEASED, "hidden_act": "relu6"}
-TINY = {
-  "attention_probs_dropout_prob": 0.1,
-  "hidden_act": "relu",
-  "hidden_dropout_prob": 0.0,
-  "hidden_size": 512,
-  "initializer_range": 0.02,
-  "intermediate_size": 512,
-  "max_position_embeddings": 512,
-  "num_attention_heads": 4,
-  "num_hidden_layers": 24,
-  "type_vocab_size": 2,
-  "vocab_size": 30522,
-  "embedding_size": 128,
-  "trigram_input": True,
-  "use_bottleneck": True,
-  "intra_bottleneck_size": 128,
-  "use_bottleneck_attention": True,
-  "num_feedforward_networks": 2,
-  "normalization_type": "no_norm",
-  "classifier_activation": False,
-}
+# The four files, with exactly their original keys, are the fixtures `config_test.py` reads too.
+_TF1_CONFIG_DIR = pathlib.Path(__file__).with_name("testdata") / "tf1_configs"
+
+
+def _tf1_config(file_name: str) -> dict:
+  return json.loads((_TF1_CONFIG_DIR / file_name).read_text(encoding="utf-8"))
+
+
+RELEASED = _tf1_config("uncased_L-24_H-128_B-512_A-4_F-4_OPT.json")
+QAT = _tf1_config("uncased_L-24_H-128_B-512_A-4_F-4_OPT_QAT.json")
+TINY = _tf1_config("uncased_L-24_H-128_B-512_A-4_F-2_tiny_OPT.json")
 # IB-BERT_LARGE: normalization_type, the attention flags, num_feedforward_networks and
 # classifier_activation are absent and take the TF1 defaults (layer_norm, False, 1, True).
-TEACHER = {
-  "attention_probs_dropout_prob": 0.1,
-  "hidden_act": "gelu",
-  "hidden_dropout_prob": 0.1,
-  "hidden_size": 512,
-  "initializer_range": 0.02,
-  "intermediate_size": 4096,
-  "max_position_embeddings": 512,
-  "num_attention_heads": 4,
-  "num_hidden_layers": 24,
-  "type_vocab_size": 2,
-  "vocab_size": 30522,
-  "embedding_size": 128,
-  "trigram_input": True,
-  "use_bottleneck": True,
-  "intra_bottleneck_size": 1024,
-}
+TEACHER = _tf1_config("uncased_L-24_H-1024_B-512_A-4.json")
 
 # The TF1 `BertConfig` defaults, for keys a config file leaves out (spec 2.1, pitfall P7).
 TF1_DEFAULTS = {

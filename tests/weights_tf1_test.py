@@ -44,11 +44,6 @@ from mobilebert_jax.weights import find_reader, load_pretrained, tf_common  # no
 pytestmark = [pytest.mark.tf, pytest.mark.torch]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _readers():
-  ref.ensure_tf_readers_registered()
-
-
 class HfCheckpoint:
   """A randomised transformers model, its TF1 checkpoint on disk, and our config of it."""
 

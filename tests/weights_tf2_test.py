@@ -33,11 +33,6 @@ pytestmark = pytest.mark.tf
 LAYOUTS = ("checkpoint_items", "encoder", "training", "save_weights")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _readers():
-  ref.ensure_tf_readers_registered()
-
-
 class Reference:
   """A randomised Model Garden pretrainer, its outputs on a batch, and our config of it."""
 

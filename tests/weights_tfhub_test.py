@@ -24,11 +24,6 @@ from mobilebert_jax.weights import find_reader, load_pretrained  # noqa: E402
 pytestmark = pytest.mark.tf
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _readers():
-  ref.ensure_tf_readers_registered()
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
   """(SavedModel directory, TF1 config, reference outputs of the reloaded SavedModel, batch)."""
