@@ -177,6 +177,23 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   return config
 
 
+def apply_size(config: ml_collections.ConfigDict, size: str) -> bool:
+  """Applies the `size=` variant ("" keeps the recipe, "tiny" calls `tiny`).
+
+  Returns:
+    Whether the tiny variant was applied (task configs shrink their own fields then).
+
+  Raises:
+    ValueError: any other size.
+  """
+  if size == "tiny":
+    tiny(config)
+    return True
+  if size:
+    raise ValueError(f"unknown size {size!r}; the only size variant is 'tiny'")
+  return False
+
+
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`size=tiny`: a small MobileBERT-shaped model from scratch and a few steps, for smoke tests.
 

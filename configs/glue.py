@@ -46,8 +46,5 @@ def get_config(arg=None):
   config.model.classifier_dropout = 0.1
   config.data.predict_test = False
   config.eval.batch_size = 128
-  if arg.size == "tiny":
-    common.tiny(config)
-  elif arg.size:
-    raise ValueError(f"unknown size {arg.size!r}; the only size variant is 'tiny'")
+  common.apply_size(config, arg.size)
   return config

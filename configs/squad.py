@@ -56,11 +56,8 @@ def get_config(arg=None):
   config.num_epochs = 5.0
   if arg.demo:
     demo(config)
-  if arg.size == "tiny":
-    common.tiny(config)
+  if common.apply_size(config, arg.size):
     config.data.update(doc_stride=32, max_query_length=16)
-  elif arg.size:
-    raise ValueError(f"unknown size {arg.size!r}; the only size variant is 'tiny'")
   return config
 
 

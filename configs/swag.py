@@ -33,8 +33,5 @@ def get_config(arg=None):
   config.data.test_file = common.placeholder(str)
   config.data.predict_test = False
   config.eval.batch_size = 64
-  if arg.size == "tiny":
-    common.tiny(config)
-  elif arg.size:
-    raise ValueError(f"unknown size {arg.size!r}; the only size variant is 'tiny'")
+  common.apply_size(config, arg.size)
   return config

@@ -15,9 +15,9 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from resume_worker import CONFIG  # the tiny model the checkpoint tests share
 
 from mobilebert_jax import (
-  MobileBertConfig,
   MobileBertForPreTraining,
   MobileBertForQuestionAnswering,
   abstract_params,
@@ -38,20 +38,6 @@ NUM_STEPS = 3
 # across devices; fsdp splits contractions over devices), i.e. rounding at ~1e-7 relative per
 # reduction, compounded over NUM_STEPS updates. 1e-5 is the project's fp32 parity bound.
 RTOL = 1e-5
-
-CONFIG = MobileBertConfig(
-  vocab_size=128,
-  embedding_size=16,
-  hidden_size=32,
-  num_hidden_layers=2,
-  num_attention_heads=2,
-  intermediate_size=32,
-  intra_bottleneck_size=16,
-  max_position_embeddings=32,
-  num_feedforward_networks=1,
-  hidden_dropout_prob=0.1,
-  scan_layers=True,
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
