@@ -4,9 +4,9 @@ The model classes mirror transformers' `MobileBert*` classes; weights load from 
 Hugging Face directories (and, through `load_pretrained`, the TensorFlow checkpoints).
 """
 
-from mobilebert_jax.config import PRESETS, MobileBertConfig
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.models import (
+from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.models import (
   MODEL_CLASSES,
   MobileBertForMaskedLM,
   MobileBertForMultipleChoice,

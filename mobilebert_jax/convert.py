@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilebert_jax.config import PRESETS, MobileBertConfig
-from mobilebert_jax.models import MODEL_CLASSES
+from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.model.models import MODEL_CLASSES
 
 PyTree = Any
 
@@ -96,7 +96,7 @@ def write_orbax(directory: str, module: Any, params: PyTree, source: str) -> str
   Raises:
     FileExistsError: `directory` exists and is not empty.
   """
-  from mobilebert_jax import checkpointing  # Orbax is only needed for this output
+  from mobilebert_jax.train import checkpointing  # Orbax is only needed for this output
 
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):
@@ -163,7 +163,7 @@ def convert(
     written = write_orbax(destination, module, params, source)
     print(
       f"Wrote an Orbax params checkpoint (step 0) of {model_class}: {written}; read it with "
-      "mobilebert_jax.checkpointing.load_params_from_checkpoint",
+      "mobilebert_jax.train.checkpointing.load_params_from_checkpoint",
       file=out,
     )
   return written

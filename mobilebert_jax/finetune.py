@@ -5,10 +5,10 @@ r"""Fine-tune MobileBERT from the command line (the `mobilebert-finetune` consol
 
 TASK is `squad`, `squad_v2`, `glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli>`, `conll2003` or
 `swag` (usual spellings such as `squad2.0` or `glue/SST-2` work). The task picks its recipe, the
-config file `configs/<family>.py` (in a repository checkout) or `mobilebert_jax/_configs/...`
-(in an installed wheel); `--config` names another file or variant instead, e.g.
-`--config=configs/glue.py:task=rte,size=tiny`. Every config field can be overridden with
-`--config.FIELD=VALUE` (`--config.optimizer.learning_rate=3e-5`); a misspelt field is an error.
+package's config file `configs/<family>.py` (`mobilebert_jax/configs/`); `--config` names another
+file or variant instead, e.g. `--config=configs/glue.py:task=rte,size=tiny`. Every config field
+can be overridden with `--config.FIELD=VALUE` (`--config.optimizer.learning_rate=3e-5`); a
+misspelt field is an error.
 
 Examples:
 
@@ -29,19 +29,12 @@ our workdirs or Orbax checkpoints, or `preset:NAME` to train an architecture fro
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
-import os
-import re
-import sys
 from collections.abc import Sequence
-from typing import Any
 
-import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from mobilebert_jax import distributed, summaries, tasks
+from mobilebert_jax import cli, tasks
+from mobilebert_jax.train import distributed, summaries
 
 # Config file of each task family, and the variant a task adds to it.
 _FAMILY_FILES = {
@@ -50,26 +43,13 @@ _FAMILY_FILES = {
   "conll2003": "conll2003.py",
   "swag": "swag.py",
 }
-_HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort", "--helpfull")
+_PROG = "mobilebert-finetune"
+_CONFIG_HELP = "Task config file[:variant]; default from --task."
 
 
-def config_dir(package_dir: str | None = None) -> str:
-  """Where the task configs are: the repository's `configs/`, else the wheel's `_configs/`.
-
-  Args:
-    package_dir: the `mobilebert_jax` package directory (default: this one).
-  """
-  package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
-  for candidate in (
-    os.path.join(os.path.dirname(package_dir), "configs"),  # a repository checkout
-    os.path.join(package_dir, "_configs"),  # an installed wheel (pyproject force-include)
-  ):
-    if os.path.isfile(os.path.join(candidate, "common.py")):
-      return candidate
-  raise FileNotFoundError(
-    f"no task configs found next to {package_dir} (looked for configs/ and _configs/); pass "
-    "--config=PATH/TO/CONFIG.py"
-  )
+def config_dir() -> str:
+  """Where the task configs are: the package's `configs/`."""
+  return cli.CONFIGS_DIR
 
 
 def default_config(task: str, demo: bool = False) -> str:
@@ -88,8 +68,7 @@ def default_config(task: str, demo: bool = False) -> str:
     if task.name != "squad":
       raise ValueError(f"--demo is the SQuAD v1.1 demo; use --task=squad, not {task.name}")
     variant = "demo"
-  path = os.path.join(config_dir(), _FAMILY_FILES[task.family])
-  return f"{path}:{variant}" if variant else path
+  return cli.package_config(_FAMILY_FILES[task.family], variant)
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
@@ -118,124 +97,30 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
   )
 
 
-def _pre_parse(argv: Sequence[str]) -> flags.FlagValues:
-  """`--task`, `--demo` (and the rest of our plain flags) before the config flag exists."""
-  pre = flags.FlagValues()
-  _define_flags(pre)
-  pre(list(argv), known_only=True)
-  return pre
-
-
-def _config_overrides(argv: Sequence[str]) -> list[str]:
-  """The dotted paths of `--config.a.b=...` arguments."""
-  paths = []
-  for arg in argv[1:]:
-    match = re.match(r"^--?(?:no)?config\.([\w.]+)(?:=|$)", arg)
-    if match:
-      paths.append(match.group(1))
-  return paths
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Calls `get_config(variant)` of `FILE[:VARIANT]`, as `config_flags` does, with clear errors.
-
-  Raises:
-    app.UsageError: the file does not exist, or `get_config` rejects the variant.
-  """
-  path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise app.UsageError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location("mobilebert_jax_task_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  try:
-    return module.get_config(*([variant] if variant else []))
-  except ValueError as e:
-    raise app.UsageError(f"--config={spec}: {e}") from None
-
-
-def _check_overrides(config: ml_collections.ConfigDict, paths: Sequence[str]) -> None:
-  """Raises a UsageError for an override naming a field the config does not have."""
-  for path in paths:
-    node: Any = config
-    for depth, key in enumerate(path.split(".")):
-      if isinstance(node, ml_collections.ConfigDict) and key in node:
-        node = node[key]
-        continue
-      parent = ".".join(["config", *path.split(".")[:depth]])
-      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      close = difflib.get_close_matches(key, fields, n=1)
-      hint = f" Did you mean {parent}.{close[0]}?" if close else ""
-      listing = f" {parent} has: {', '.join(fields)}." if fields else f" {parent} is not a group."
-      raise app.UsageError(f"--config.{path}: there is no field {key!r}.{hint}{listing}")
-
-
-def _config_first(argv: Sequence[str]) -> tuple[list[str], str | None]:
-  """Moves `--config[=]FILE` right after the program name (`config_flags` wants it before the
-  `--config.x=y` overrides; users should not have to care) and returns its value, if any.
-
-  Raises:
-    app.UsageError: `--config` without a value.
-  """
-  argv = list(argv)
-  for index, arg in enumerate(argv[1:], start=1):
-    if re.match(r"^--?config=", arg):
-      return [argv[0], arg, *argv[1:index], *argv[index + 1 :]], arg.split("=", 1)[1]
-    if re.match(r"^--?config$", arg):
-      if index + 1 == len(argv):
-        raise app.UsageError("--config needs a value: --config=FILE[:VARIANT]")
-      moved = argv[index : index + 2]
-      return [argv[0], *moved, *argv[1:index], *argv[index + 2 :]], argv[index + 1]
-  return argv, None
+def _default_config(pre: flags.FlagValues) -> str:
+  if not pre.task:
+    raise cli.UsageError(f"pass --task=TASK (one of {sorted(tasks.TASKS)}) or --config=FILE")
+  return default_config(tasks.canonical_task_name(pre.task), pre.demo)
 
 
 def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
   """Parses the command line (argv[0] is the program) into a fresh `FlagValues`.
 
-  The default of `--config` depends on `--task`, so `--task` and `--demo` are read first; a
-  fresh `FlagValues` per call keeps in-process calls (tests, notebooks) independent.
+  The default of `--config` depends on `--task`, so `--task` and `--demo` are read first.
 
   Raises:
-    app.UsageError: a missing or unknown task or workdir, a bad config file or variant, an
+    cli.UsageError: a missing or unknown task or workdir, a bad config file or variant, an
       override of a field that does not exist, or an unknown flag.
   """
-  argv, explicit_config = _config_first(argv)
-  try:
-    pre = _pre_parse(argv)
-    task = tasks.canonical_task_name(pre.task) if pre.task else None
-    if explicit_config is not None:
-      spec = explicit_config
-    elif task is not None:
-      spec = default_config(task, pre.demo)
-    else:
-      raise app.UsageError(f"pass --task=TASK (one of {sorted(tasks.TASKS)}) or --config=FILE")
-  except (flags.Error, ValueError) as e:
-    raise app.UsageError(str(e)) from None
-  _check_overrides(load_config_file(spec), _config_overrides(argv))
-
-  parsed = flags.FlagValues()
-  _define_flags(parsed)
-  config_flags.DEFINE_config_file(
-    "config",
-    default=spec if explicit_config is None else None,
-    help_string="Task config file[:variant]; default from --task.",
-    flag_values=parsed,
-    lock_config=True,
-    sys_argv=argv,
-  )
-  try:
-    leftover = parsed(argv, known_only=True)
-    # What is left are absl's own flags (--verbosity, ...) or mistakes.
-    flags.FLAGS(leftover, known_only=False)
-  except flags.Error as e:
-    raise app.UsageError(str(e)) from None
-  if not parsed.workdir:
-    raise app.UsageError("--workdir is required")
+  explicit_config = cli.config_first(argv)[1]
+  parsed = cli.parse(argv, _define_flags, _default_config, config_help=_CONFIG_HELP)
+  cli.require(parsed, "workdir")
   config = parsed.config
+  task = tasks.canonical_task_name(parsed.task) if parsed.task else None
   if task is not None and config.task != task:
-    raise app.UsageError(f"--task={pre.task} but --config is for task {config.task!r}")
+    raise cli.UsageError(f"--task={parsed.task} but --config is for task {config.task!r}")
   if parsed.demo and explicit_config is not None:
-    raise app.UsageError(
+    raise cli.UsageError(
       "--demo picks its own config; leave out --config (or pass --config=configs/squad.py:demo "
       "without --demo)"
     )
@@ -245,12 +130,13 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
 def finetune(parsed: flags.FlagValues) -> dict[str, float]:
   """Runs the training the parsed flags describe; returns the final metrics."""
   distributed.initialize_distributed(parsed.jax_distributed)
-  from mobilebert_jax import trainer  # JAX backends start here, after distributed start-up.
+  # JAX backends start here, after distributed start-up.
+  from mobilebert_jax.trainers import finetuning
 
   config = parsed.config
   if parsed.init_from is not None:
     config.init_from = parsed.init_from
-  return trainer.train_and_evaluate(config, parsed.workdir)
+  return finetuning.train_and_evaluate(config, parsed.workdir)
 
 
 def main(argv: Sequence[str]) -> dict[str, float]:
@@ -258,29 +144,14 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   return finetune(parse_flags(argv))
 
 
-def _parse_for_app(argv: Sequence[str]) -> flags.FlagValues:
-  if any(arg in _HELP_ARGS for arg in argv[1:]):
-    help_flags = flags.FlagValues()
-    _define_flags(help_flags)
-    print(__doc__)
-    print(help_flags.get_help(include_special_flags=False))
-    print("  --config: Task config file[:variant]; default from --task.")
-    sys.exit(0)
-  try:
-    return parse_flags(argv)
-  except app.UsageError as e:
-    sys.stderr.write(f"mobilebert-finetune: {e}\nPass --help for usage.\n")
-    sys.exit(1)
-
-
-def _app_main(parsed: flags.FlagValues) -> None:
+def _main(parsed: flags.FlagValues) -> None:
   with summaries.quiet_library_logs():
-    finetune(parsed)  # app.run would turn a returned value into the exit status
+    finetune(parsed)
 
 
 def run() -> None:
   """The `mobilebert-finetune` console script."""
-  app.run(_app_main, flags_parser=_parse_for_app)
+  cli.run(_PROG, __doc__, _define_flags, parse_flags, _main, config_help=_CONFIG_HELP)
 
 
 if __name__ == "__main__":

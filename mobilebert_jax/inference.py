@@ -33,18 +33,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilebert_jax import (
+from mobilebert_jax import tasks
+from mobilebert_jax.data import glue, squad
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MobileBertForQuestionAnswering, abstract_params
+from mobilebert_jax.train import (
   checkpointing,
   evaluation,
   initialization,
   sharding,
   steps,
   summaries,
-  tasks,
 )
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.data import glue, squad
-from mobilebert_jax.models import MobileBertForQuestionAnswering, abstract_params
 
 PyTree = Any
 # What the trainer writes into a workdir besides the checkpoints (see `trainer`).

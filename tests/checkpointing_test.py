@@ -24,10 +24,10 @@ from mobilebert_jax import (
   MobileBertForQuestionAnswering,
   abstract_params,
 )
-from mobilebert_jax import checkpointing as ckpt_lib
-from mobilebert_jax import sharding as shd
 from mobilebert_jax.data.batching import BatchIterator
-from mobilebert_jax.train_state import TrainState
+from mobilebert_jax.train import checkpointing as ckpt_lib
+from mobilebert_jax.train import sharding as shd
+from mobilebert_jax.train.train_state import TrainState
 
 TRAIN_CONFIG = {"learning_rate": 1e-2, "batch_size": 8, "warmup": None, "layers": (1, 2)}
 

@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from absl import logging as absl_logging
 
-from mobilebert_jax import summaries
+from mobilebert_jax.train import summaries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "colab", "squad_finetune_tpu.ipynb")

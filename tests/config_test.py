@@ -18,14 +18,14 @@ import pytest
 import torch
 import transformers
 
-from mobilebert_jax.config import (
+from mobilebert_jax.model.config import (
   IMPLEMENTATION_FIELDS,
   PRESETS,
   MobileBertConfig,
   detect_config_source,
 )
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.models import abstract_params
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.models import abstract_params
 
 TF1_DIR = pathlib.Path(__file__).parent / "testdata" / "tf1_configs"
 RELEASED_FILE = TF1_DIR / "uncased_L-24_H-128_B-512_A-4_F-4_OPT.json"

@@ -5,6 +5,7 @@ offline demo's shipped data are what `make_data.py` writes and measure generalis
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import re
@@ -14,13 +15,13 @@ import tomllib
 import ml_collections
 import pytest
 
-from mobilebert_jax import demo, finetune, tasks
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax import cli, demo, finetune, tasks
 from mobilebert_jax.demo import make_data
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.tokenization import WordPieceTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
+CONFIGS = os.path.join(REPO, "mobilebert_jax", "configs")
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
 VARIANTS = {
@@ -32,12 +33,12 @@ VARIANTS = {
 
 
 def load(name: str, variant: str = "") -> ml_collections.ConfigDict:
-  return finetune.load_config_file(os.path.join(CONFIGS, name) + (f":{variant}" if variant else ""))
+  return cli.load_config_file(os.path.join(CONFIGS, name) + (f":{variant}" if variant else ""))
 
 
 def test_every_config_file_is_covered():
   files = {os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py"))}
-  assert files - {"common.py"} == set(VARIANTS)
+  assert files - {"common.py", "__init__.py"} == set(VARIANTS)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_config_loads_with_its_variant(name, variant):
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_each_task_has_a_default_config_for_itself(task):
   spec = finetune.default_config(task)
-  assert finetune.load_config_file(spec).task == task
+  assert cli.load_config_file(spec).task == task
 
 
 def test_squad_recipe_is_the_papers():
@@ -112,18 +113,24 @@ def test_bad_variants_are_rejected(name, variant, message):
     load(name, variant)
 
 
-def test_configs_are_found_in_a_checkout_and_in_a_wheel(tmp_path):
+def test_configs_are_a_package_found_from_any_directory(tmp_path, monkeypatch):
+  # Inside the package, so a wheel carries them with no build-time copying.
   assert finetune.config_dir() == CONFIGS
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     pyproject = tomllib.load(f)
-  force = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
-  assert force == {"configs": "mobilebert_jax/_configs"}
-  # The wheel's layout: site-packages/mobilebert_jax/_configs, no configs/ beside the package.
-  package = tmp_path / "site-packages" / "mobilebert_jax"
-  shutil.copytree(CONFIGS, package / "_configs")
-  assert finetune.config_dir(str(package)) == str(package / "_configs")
-  config = finetune.load_config_file(f"{package}/_configs/glue.py:task=rte")
-  assert config.task == "glue/rte"
+  assert "force-include" not in pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+  assert importlib.import_module("mobilebert_jax.configs.glue").get_config("task=rte").task == (
+    "glue/rte"
+  )
+  # The documented spelling `configs/NAME.py` works outside a checkout too.
+  monkeypatch.chdir(tmp_path)
+  assert cli.load_config_file("configs/glue.py:task=rte").task == "glue/rte"
+  # A file of that name in the current directory wins (a forked recipe).
+  (tmp_path / "configs").mkdir()
+  shutil.copy(os.path.join(CONFIGS, "glue.py"), tmp_path / "configs" / "glue.py")
+  assert cli.resolve_config_path("configs/glue.py") == "configs/glue.py"
+  with pytest.raises(cli.UsageError, match="does not exist"):
+    cli.load_config_file("configs/no_such_recipe.py")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import reference_util as ru  # noqa: E402
 import tf_reference_util as ref  # noqa: E402
 
 from mobilebert_jax import MobileBertForMaskedLM, MobileBertForPreTraining  # noqa: E402
-from mobilebert_jax.checkpointing import load_params_from_checkpoint  # noqa: E402
-from mobilebert_jax.models import abstract_params  # noqa: E402
+from mobilebert_jax.model.models import abstract_params  # noqa: E402
+from mobilebert_jax.train.checkpointing import load_params_from_checkpoint  # noqa: E402
 from mobilebert_jax.weights import load_pretrained  # noqa: E402
 
 pytestmark = [pytest.mark.tf, pytest.mark.torch]

@@ -24,15 +24,16 @@ import jax
 import pytest
 from absl import app
 
-from mobilebert_jax import checkpointing, finetune
+from mobilebert_jax import finetune
 from mobilebert_jax.demo import VOCAB_FILE
+from mobilebert_jax.train import checkpointing
 
 # ml_collections loads config files with the deprecated `load_module()`; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
+CONFIGS = os.path.join(REPO, "mobilebert_jax", "configs")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""Tests of `mobilebert_jax.grad_accum`: microbatched loss and gradients equal the whole batch's.
+"""Tests of `mobilebert_jax.train.grad_accum`: microbatched loss and gradients equal the batch's.
 
 Tolerance: the project's parity measure max|ours − ref| / max|ref| ≤ 1e-5 (CONTRIBUTING.md),
 for the loss and for the gradient taken as one vector (all leaves together). Both sides compute
@@ -22,8 +22,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mobilebert_jax import MobileBertConfig, MobileBertForQuestionAnswering, init_params, losses
-from mobilebert_jax.grad_accum import accumulate_gradients, split_microbatches
+from mobilebert_jax import MobileBertConfig, MobileBertForQuestionAnswering, init_params
+from mobilebert_jax.train import losses
+from mobilebert_jax.train.grad_accum import accumulate_gradients, split_microbatches
 
 TOLERANCE = 1e-5
 BATCH, LENGTH = 8, 12

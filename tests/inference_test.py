@@ -23,11 +23,11 @@ from mobilebert_jax import (
   MobileBertForQuestionAnswering,
   MobileBertForSequenceClassification,
   inference,
-  trainer,
 )
 from mobilebert_jax.data import squad
 from mobilebert_jax.demo import DEV_FILE, TRAIN_FILE, VOCAB_FILE
 from mobilebert_jax.finetune import load_config_file
+from mobilebert_jax.trainers import finetuning as trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTDATA = os.path.join(REPO, "tests", "testdata")

@@ -1,4 +1,4 @@
-"""`mobilebert_jax.losses` against the losses transformers computes when given labels.
+"""`mobilebert_jax.train.losses` against the losses transformers computes when given labels.
 
 For every head, the transformers model is run with labels; our loss function is applied to the
 *reference's* logits, so the comparison isolates the loss definition (the logits themselves are
@@ -18,8 +18,8 @@ import pytest
 import reference_util as ru
 import torch
 
-from mobilebert_jax import losses
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.train import losses
 
 pytestmark = pytest.mark.torch
 

@@ -29,7 +29,7 @@ import pytest
 import reference_util as ru
 import torch
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 
 pytestmark = pytest.mark.torch
 

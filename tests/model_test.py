@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mobilebert_jax import losses
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.models import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.models import (
   MODEL_CLASSES,
   MobileBertForMultipleChoice,
   MobileBertForPreTraining,
@@ -31,6 +30,7 @@ from mobilebert_jax.models import (
   MobileBertForSequenceClassification,
   abstract_params,
 )
+from mobilebert_jax.train import losses
 from mobilebert_jax.weights import layout
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"

@@ -1,4 +1,4 @@
-"""Tests of `mobilebert_jax.optim` against the original update rules.
+"""Tests of `mobilebert_jax.train.optim` against the original update rules.
 
 The references:
 - a NumPy transcription (ours, float32 throughout) of the TF1 `LAMBOptimizer` and
@@ -31,14 +31,14 @@ from mobilebert_jax import (
   MobileBertForQuestionAnswering,
   init_params,
 )
-from mobilebert_jax.optim import (
+from mobilebert_jax.train.optim import (
   DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
   TF1_EXCLUDE_FROM_WEIGHT_DECAY,
   build_optimizer,
   path_mask,
   path_to_str,
 )
-from mobilebert_jax.schedules import build_schedule
+from mobilebert_jax.train.schedules import build_schedule
 from mobilebert_jax.weights import tf1_names
 
 TOLERANCE = 1e-5

@@ -34,8 +34,8 @@ import torch
 import transformers
 from flax import traverse_util
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.models import MODEL_CLASSES, abstract_params
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MODEL_CLASSES, abstract_params
 from mobilebert_jax.weights import hf_names
 
 PyTree = Any

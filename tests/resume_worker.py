@@ -31,18 +31,13 @@ if __name__ == "__main__":
 import jax
 import numpy as np
 
-from mobilebert_jax import (
-  MobileBertConfig,
-  MobileBertForQuestionAnswering,
-  distributed,
-  losses,
-  steps,
-)
-from mobilebert_jax import checkpointing as ckpt_lib
-from mobilebert_jax import sharding as shd
+from mobilebert_jax import MobileBertConfig, MobileBertForQuestionAnswering
 from mobilebert_jax.data.batching import BatchIterator
-from mobilebert_jax.optim import build_optimizer
-from mobilebert_jax.schedules import build_schedule
+from mobilebert_jax.train import checkpointing as ckpt_lib
+from mobilebert_jax.train import distributed, losses, steps
+from mobilebert_jax.train import sharding as shd
+from mobilebert_jax.train.optim import build_optimizer
+from mobilebert_jax.train.schedules import build_schedule
 
 CONFIG = MobileBertConfig(
   vocab_size=128,

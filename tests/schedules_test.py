@@ -1,4 +1,4 @@
-"""Tests of `mobilebert_jax.schedules`: values at the key steps, and the TF/transformers rules."""
+"""Tests of `mobilebert_jax.train.schedules`: key steps and the TF/transformers rules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilebert_jax.schedules import build_schedule, resolve_warmup_steps
+from mobilebert_jax.train.schedules import build_schedule, resolve_warmup_steps
 
 # Peak 2.0, 100 steps, 10 warm-up steps, end at 1 % of the peak (0.02): every value below is
 # worked out by hand from the module docstring's rule.

@@ -17,17 +17,11 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from resume_worker import CONFIG  # the tiny model the checkpoint tests share
 
-from mobilebert_jax import (
-  MobileBertForPreTraining,
-  MobileBertForQuestionAnswering,
-  abstract_params,
-  distributed,
-  losses,
-  steps,
-)
-from mobilebert_jax import sharding as shd
-from mobilebert_jax.optim import build_optimizer
-from mobilebert_jax.schedules import build_schedule
+from mobilebert_jax import MobileBertForPreTraining, MobileBertForQuestionAnswering, abstract_params
+from mobilebert_jax.train import distributed, losses, steps
+from mobilebert_jax.train import sharding as shd
+from mobilebert_jax.train.optim import build_optimizer
+from mobilebert_jax.train.schedules import build_schedule
 
 P = PartitionSpec
 BATCH = 16

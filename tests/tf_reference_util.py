@@ -36,8 +36,8 @@ import tensorflow as tf
 import tf_keras
 from official.projects.mobilebert import export_tfhub, model_utils
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.models import MODEL_CLASSES
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MODEL_CLASSES
 
 RELATIVE_TOLERANCE = 1e-5
 

@@ -20,18 +20,13 @@ from mobilebert_jax import (
   MobileBertConfig,
   MobileBertForQuestionAnswering,
   MobileBertForSequenceClassification,
-  checkpointing,
-  evaluation,
-  optim,
-  sharding,
-  steps,
-  summaries,
   tasks,
-  trainer,
 )
 from mobilebert_jax.demo import TRAIN_FILE, VOCAB_FILE
 from mobilebert_jax.finetune import load_config_file
-from mobilebert_jax.models import abstract_params, init_params
+from mobilebert_jax.model.models import abstract_params, init_params
+from mobilebert_jax.train import checkpointing, evaluation, optim, sharding, steps, summaries
+from mobilebert_jax.trainers import finetuning as trainer
 from mobilebert_jax.weights import layout
 from mobilebert_jax.weights.loading import save_pretrained
 

@@ -27,8 +27,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import traverse_util  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
-from mobilebert_jax.config import MobileBertConfig  # noqa: E402
-from mobilebert_jax.models import MODEL_CLASSES, abstract_params  # noqa: E402
+from mobilebert_jax.model.config import MobileBertConfig  # noqa: E402
+from mobilebert_jax.model.models import MODEL_CLASSES, abstract_params  # noqa: E402
 from mobilebert_jax.weights import (  # noqa: E402
   hf_names,
   layout,

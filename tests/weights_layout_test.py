@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.models import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import (
   MobileBertForPreTraining,
   MobileBertForSequenceClassification,
   MobileBertModel,

@@ -175,7 +175,7 @@ def torch_state_dict_to_params(state_dict: dict[str, Any], config: Any, model_cl
   import numpy as np
   from flax import traverse_util
 
-  from mobilebert_jax.models import MODEL_CLASSES, abstract_params
+  from mobilebert_jax.model.models import MODEL_CLASSES, abstract_params
   from mobilebert_jax.weights import hf_names
 
   shapes = traverse_util.flatten_dict(abstract_params(MODEL_CLASSES[model_class](config)))

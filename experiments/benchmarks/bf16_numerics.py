@@ -41,9 +41,9 @@ from flax import traverse_util
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_util as bu
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.models import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.models import (
   MobileBertForPreTraining,
   MobileBertForQuestionAnswering,
   abstract_params,

@@ -68,9 +68,9 @@ def main() -> None:
   import torch
   import transformers
 
-  from mobilebert_jax import losses
-  from mobilebert_jax.config import MobileBertConfig
-  from mobilebert_jax.models import MODEL_CLASSES
+  from mobilebert_jax.model.config import MobileBertConfig
+  from mobilebert_jax.model.models import MODEL_CLASSES
+  from mobilebert_jax.train import losses
   from mobilebert_jax.weights import layout
 
   bu.match_torch_threads(args.cpus)

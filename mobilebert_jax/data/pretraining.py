@@ -70,7 +70,7 @@ FEATURE_KEYS = (
   "masked_lm_weights",
   "next_sentence_labels",
 )
-IGNORE_INDEX = -100  # transformers' (and `mobilebert_jax.losses`') "not scored" label.
+IGNORE_INDEX = -100  # transformers' (and `mobilebert_jax.train.losses`') "not scored" label.
 
 DEFAULT_SEED = 12345  # BERT's data-creation default.
 

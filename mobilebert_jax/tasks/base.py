@@ -1,7 +1,7 @@
 """What the trainer needs to know about a fine-tuning task: `Task` and `EvalSet`.
 
 A task is a bundle of small functions rather than a class hierarchy: the trainer is the same for
-every task and calls these at fixed points (see `mobilebert_jax.trainer`):
+every task and calls these at fixed points (see `mobilebert_jax.trainers.finetuning`):
 
 * `model_class` and `model_overrides(config)` build the model (`num_labels`, label names, ...);
 * `train_features(config, tokenizer)` turns the configured training data into fixed-shape arrays;
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.steps import LossFn
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.train.steps import LossFn
 
 Array = jax.Array
 ConfigDict = ml_collections.ConfigDict

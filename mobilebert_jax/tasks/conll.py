@@ -16,10 +16,9 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax import losses
 from mobilebert_jax.data import conll
 from mobilebert_jax.metrics.conll import conlleval
-from mobilebert_jax.models import MobileBertForTokenClassification
+from mobilebert_jax.model.models import MobileBertForTokenClassification
 from mobilebert_jax.tasks.base import (
   ConfigDict,
   EvalSet,
@@ -29,6 +28,7 @@ from mobilebert_jax.tasks.base import (
   masked_accuracy,
   tfds_kwargs,
 )
+from mobilebert_jax.train import losses
 
 _FILES = {
   "train": ("train_file", ("eng.train", "train.txt")),

@@ -17,10 +17,9 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax import losses
 from mobilebert_jax.data import glue
 from mobilebert_jax.metrics import glue as glue_metrics
-from mobilebert_jax.models import MobileBertForSequenceClassification
+from mobilebert_jax.model.models import MobileBertForSequenceClassification
 from mobilebert_jax.tasks.base import (
   ConfigDict,
   EvalSet,
@@ -31,6 +30,7 @@ from mobilebert_jax.tasks.base import (
   tfds_kwargs,
   write_lines,
 )
+from mobilebert_jax.train import losses
 
 # GLUE's diagnostic set is predicted with an MNLI model, not trained on.
 TRAINABLE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")

@@ -15,10 +15,9 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax import losses
 from mobilebert_jax.data import squad
 from mobilebert_jax.metrics import squad as squad_metrics
-from mobilebert_jax.models import MobileBertForQuestionAnswering
+from mobilebert_jax.model.models import MobileBertForQuestionAnswering
 from mobilebert_jax.tasks.base import (
   ConfigDict,
   EvalSet,
@@ -29,6 +28,7 @@ from mobilebert_jax.tasks.base import (
   masked_accuracy,
   tfds_kwargs,
 )
+from mobilebert_jax.train import losses
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax import losses
 from mobilebert_jax.data import swag
-from mobilebert_jax.models import MobileBertForMultipleChoice
+from mobilebert_jax.model.models import MobileBertForMultipleChoice
 from mobilebert_jax.tasks.base import (
   ConfigDict,
   EvalSet,
@@ -27,6 +26,7 @@ from mobilebert_jax.tasks.base import (
   masked_accuracy,
   write_lines,
 )
+from mobilebert_jax.train import losses
 
 _FILES = {
   "train": ("train_file", ("train.csv",)),

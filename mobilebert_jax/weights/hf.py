@@ -26,8 +26,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.models import MODEL_CLASSES
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MODEL_CLASSES
 from mobilebert_jax.weights import hf_names
 from mobilebert_jax.weights.loading import Path, SourceTensors
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 
 Transform = Literal[
   "copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads", "transpose"

@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.models import MODEL_CLASSES, abstract_params, dummy_inputs
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.models import MODEL_CLASSES, abstract_params, dummy_inputs
 from mobilebert_jax.weights import layout
 from mobilebert_jax.weights.report import LoadReport
 

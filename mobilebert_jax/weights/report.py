@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 
 
 @dataclasses.dataclass(frozen=True)

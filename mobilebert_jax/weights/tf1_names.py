@@ -15,7 +15,7 @@ describes the original BERT checkpoints (`bert_model.ckpt`).
 
 from __future__ import annotations
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights.loading import Path
 from mobilebert_jax.weights.tf_common import TensorMapping
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights import tf2_names
 from mobilebert_jax.weights.loading import Path, SourceTensors
 from mobilebert_jax.weights.tf_common import (

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights.loading import Path
 from mobilebert_jax.weights.tf_common import TensorMapping
 

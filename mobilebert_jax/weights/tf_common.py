@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mobilebert_jax.config import MobileBertConfig, detect_config_source
+from mobilebert_jax.model.config import MobileBertConfig, detect_config_source
 from mobilebert_jax.weights.loading import Path, SourceTensors
 
 TF_EXTRA_HINT = 'pip install "mobilebert-jax[tf]"'

@@ -25,16 +25,7 @@ max_answer_length 30, null_score_diff_threshold 0.0 (v2.0).
 Variants (after the colon, comma-separated): `version=1.1|2.0`, `demo`, `size=tiny`.
 """
 
-import importlib.util
-import pathlib
-
-# common.py sits next to this file; it is loaded by path because the config directory is not a
-# package (`configs/` in the repository, `mobilebert_jax/_configs/` in the wheel).
-_spec = importlib.util.spec_from_file_location(
-  "mobilebert_configs_common", pathlib.Path(__file__).with_name("common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from mobilebert_jax.configs import common
 
 
 def get_config(arg=None):

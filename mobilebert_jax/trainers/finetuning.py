@@ -36,7 +36,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mobilebert_jax import (
+from mobilebert_jax import tasks
+from mobilebert_jax.data.batching import BatchIterator
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.train import (
   checkpointing,
   distributed,
   evaluation,
@@ -46,10 +49,7 @@ from mobilebert_jax import (
   sharding,
   steps,
   summaries,
-  tasks,
 )
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.data.batching import BatchIterator
 
 ConfigDict = ml_collections.ConfigDict
 PyTree = Any

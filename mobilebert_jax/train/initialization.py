@@ -30,11 +30,11 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from mobilebert_jax import checkpointing
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.models import abstract_params, init_params
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import abstract_params, init_params
 from mobilebert_jax.tasks import Task, get_task
 from mobilebert_jax.tokenization import SentencePieceTokenizer, WordPieceTokenizer
+from mobilebert_jax.train import checkpointing
 from mobilebert_jax.weights import layout
 from mobilebert_jax.weights.loading import load_pretrained
 

@@ -18,7 +18,7 @@ meanings:
                    resuming) and `do_lower_case`.
   data             `source` ("files" or "tfds"), `data_dir` / `*_file`, `max_seq_length`, TFDS
                    options, and the task's own fields.
-  optimizer        the optax chain of `mobilebert_jax.optim.build_optimizer`, with a linear
+  optimizer        the optax chain of `mobilebert_jax.train.optim.build_optimizer`, with a linear
                    warm-up over `warmup_proportion` of the run and linear decay to
                    `end_lr_rate * learning_rate`.
   batch_size       global batch (all devices, all hosts) per optimizer update.
@@ -49,7 +49,7 @@ import typing
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 
 # Fields the task decides (a regression head, the label names, ...), not the user.
 TASK_MODEL_FIELDS = ("num_labels", "problem_type", "id2label")

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.layers import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.layers import (
   Dense,
   activation,
   constrain,
@@ -24,7 +24,7 @@ from mobilebert_jax.layers import (
   partitioned,
   quirk_eps,
 )
-from mobilebert_jax.outputs import MobileBertModelOutput
+from mobilebert_jax.model.outputs import MobileBertModelOutput
 
 Array = jax.Array
 

@@ -5,10 +5,10 @@ Every class is a `flax.linen.Module` called as
     module.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic=True, output_hidden_states=False, output_attentions=False)
 
-and returns a frozen output dataclass (`mobilebert_jax.outputs`). The encoder lives under the
+and returns a frozen output dataclass (`mobilebert_jax.model.outputs`). The encoder lives under the
 `mobilebert` scope as in transformers; heads under `cls`, `classifier` or `qa_outputs`. Training
 requires `deterministic=False` and `rngs={"dropout": key}`. The loss of each head is in
-`mobilebert_jax.losses`.
+`mobilebert_jax.train.losses`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.encoder import MobileBertModel
-from mobilebert_jax.heads import MobileBertClsHeads
-from mobilebert_jax.layers import Dense
-from mobilebert_jax.outputs import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel
+from mobilebert_jax.model.heads import MobileBertClsHeads
+from mobilebert_jax.model.layers import Dense
+from mobilebert_jax.model.outputs import (
   MaskedLMOutput,
   MobileBertForPreTrainingOutput,
   MultipleChoiceModelOutput,

@@ -3,7 +3,7 @@
 `accumulate_gradients` splits a global batch into k microbatches, runs the given
 loss-and-gradient function on each inside `jax.lax.scan` (one compiled body, activations of one
 microbatch alive at a time) and combines the results so that they equal those of the whole batch:
-for a loss of the form Σ w·ℓ / Σ w (every loss in `mobilebert_jax.losses`), the microbatch
+for a loss of the form Σ w·ℓ / Σ w (every loss in `mobilebert_jax.train.losses`), the microbatch
 losses L_i = N_i / D_i and gradients are combined with the weights D_i / Σ_j D_j, which gives
 Σ_i N_i / Σ_i D_i, not a mean of per-microbatch means. Padding examples (weight 0) therefore
 count for nothing, wherever they fall.
@@ -94,7 +94,7 @@ def accumulate_gradients(
   microbatch's share is D_i / Σ_j D_j, where D_i = `normalizer_fn(microbatch_i)`: by default
   Σ `batch[weights_key]` over the microbatch (per-example [B] or per-token [B, ...] weights), or
   its number of examples when the batch has no such entry. The result equals the whole-batch
-  result whenever the loss's own denominator is that D (true for `mobilebert_jax.losses` when
+  result whenever the loss's own denominator is that D (true for `mobilebert_jax.train.losses` when
   every weighted example is scored; pass `normalizer_fn` for other denominators). A microbatch
   with D_i = 0 contributes exactly nothing, even if its loss is 0/0; if all D_i are 0 the loss
   and gradients are 0.

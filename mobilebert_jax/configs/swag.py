@@ -15,14 +15,7 @@ Recipe: lr 5e-5, batch 32, 3 epochs, max_seq_length 128 per choice, warm-up 10%,
 Variants: `size=tiny`.
 """
 
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location(
-  "mobilebert_configs_common", pathlib.Path(__file__).with_name("common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from mobilebert_jax.configs import common
 
 
 def get_config(arg=None):

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mobilebert_jax.grad_accum import accumulate_gradients
-from mobilebert_jax.train_state import TrainState
+from mobilebert_jax.train.grad_accum import accumulate_gradients
+from mobilebert_jax.train.train_state import TrainState
 
 Array = jax.Array
 PyTree = Any
@@ -86,7 +86,7 @@ def make_train_step(
   into k strided microbatches of B / k examples whose gradients a `lax.scan` combines in float32
   (`grad_accum.accumulate_gradients`): each microbatch counts in proportion to its summed
   `batch[weights_key]` (or its size when the batch has no weights), so the update equals the
-  whole-batch update for the weighted-mean losses of `mobilebert_jax.losses`.
+  whole-batch update for the weighted-mean losses of `mobilebert_jax.train.losses`.
 
   Dropout: the step's key is `fold_in(state.rng, state.step)` (then `fold_in(·, i)` for
   microbatch i), so masks depend only on the base key and the step, never on the mesh or on

@@ -24,14 +24,7 @@ Variants: `task=cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli` (GLUE spellings such
 too), `size=tiny`.
 """
 
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location(
-  "mobilebert_configs_common", pathlib.Path(__file__).with_name("common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from mobilebert_jax.configs import common
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 

@@ -19,14 +19,7 @@ warm-up 10%, AdamW), first-WordPiece labelling, dropout 0.1 before the classifie
 Variants: `size=tiny`.
 """
 
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location(
-  "mobilebert_configs_common", pathlib.Path(__file__).with_name("common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from mobilebert_jax.configs import common
 
 
 def get_config(arg=None):

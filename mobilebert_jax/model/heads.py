@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.layers import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.layers import (
   Dense,
   LayerNorm,
   activation,

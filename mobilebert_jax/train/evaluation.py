@@ -18,10 +18,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 
-from mobilebert_jax import distributed
 from mobilebert_jax.data.batching import WEIGHTS_KEY, BatchIterator
-from mobilebert_jax.steps import MODEL_INPUT_KEYS
 from mobilebert_jax.tasks import EvalSet
+from mobilebert_jax.train import distributed
+from mobilebert_jax.train.steps import MODEL_INPUT_KEYS
 
 INDEX_KEY = "index"
 

@@ -1,0 +1,250 @@
+"""The flag machinery every command line shares: config files, locked overrides, clear errors.
+
+A command line of this package looks like
+
+    python -m mobilebert_jax.<command> --workdir=DIR [--config=FILE[:VARIANT]] \
+      [--config.FIELD=VALUE ...] [command flags]
+
+and behaves the same for every command:
+
+* `--config` may stand anywhere (`config_flags` wants it before the overrides; users should not
+  have to care); `configs/NAME.py` names the package's own recipe when no such file exists
+  relative to the current directory, so the documented spellings work from any directory and
+  from an installed wheel;
+* the config is locked: `--config.FIELD=VALUE` may only change fields that exist, and a misspelt
+  field is an error that suggests the closest name and lists the group's fields;
+* a user mistake is one line on stderr and exit status 1, never a traceback (`run`).
+
+Each command supplies its own plain flags (`define_flags`) and, optionally, how its default
+config depends on them (`default_config`); `parse` does the rest.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+UsageError = app.UsageError
+DefineFlags = Callable[[flags.FlagValues], None]
+_HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort", "--helpfull")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+CONFIGS_DIR = os.path.join(_PACKAGE_DIR, "configs")
+
+
+def resolve_config_path(path: str) -> str:
+  """`path` itself when it exists, else the package's `configs/NAME.py` it names, else `path`."""
+  if os.path.isfile(path):
+    return path
+  name = os.path.normpath(path)
+  if name.startswith("configs" + os.sep) or name.startswith(os.path.join("mobilebert_jax", "")):
+    candidate = os.path.join(_PACKAGE_DIR, name.removeprefix("mobilebert_jax" + os.sep))
+    if os.path.isfile(candidate):
+      return candidate
+  return path
+
+
+def package_config(name: str, variant: str = "") -> str:
+  """The `--config` value of the package's recipe `name` (e.g. "glue.py") with a variant."""
+  path = os.path.join(CONFIGS_DIR, name)
+  return f"{path}:{variant}" if variant else path
+
+
+def _resolve_spec(spec: str) -> str:
+  path, colon, variant = spec.partition(":")
+  return f"{resolve_config_path(path)}{colon}{variant}"
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Calls `get_config(variant)` of `FILE[:VARIANT]`, as `config_flags` does, with clear errors.
+
+  Raises:
+    UsageError: the file does not exist, or `get_config` rejects the variant.
+  """
+  path, _, variant = _resolve_spec(spec).partition(":")
+  if not os.path.isfile(path):
+    raise UsageError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("mobilebert_jax_run_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    return module.get_config(*([variant] if variant else []))
+  except ValueError as e:
+    raise UsageError(f"--config={spec}: {e}") from None
+
+
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The dotted paths of the `--config.a.b=...` arguments of `argv` (argv[0] is the program)."""
+  paths = []
+  for arg in argv[1:]:
+    match = re.match(r"^--?(?:no)?config\.([\w.]+)(?:=|$)", arg)
+    if match:
+      paths.append(match.group(1))
+  return paths
+
+
+def check_overrides(config: ml_collections.ConfigDict, paths: Sequence[str]) -> None:
+  """Raises a UsageError for an override naming a field the config does not have."""
+  for path in paths:
+    node: Any = config
+    for depth, key in enumerate(path.split(".")):
+      if isinstance(node, ml_collections.ConfigDict) and key in node:
+        node = node[key]
+        continue
+      parent = ".".join(["config", *path.split(".")[:depth]])
+      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(key, fields, n=1)
+      hint = f" Did you mean {parent}.{close[0]}?" if close else ""
+      listing = f" {parent} has: {', '.join(fields)}." if fields else f" {parent} is not a group."
+      raise UsageError(f"--config.{path}: there is no field {key!r}.{hint}{listing}")
+
+
+def config_first(argv: Sequence[str]) -> tuple[list[str], str | None]:
+  """Moves `--config[=]FILE` right after the program name and returns its value, if any.
+
+  The value is resolved (`resolve_config_path`) so that `config_flags` reads the same file.
+
+  Raises:
+    UsageError: `--config` without a value.
+  """
+  argv = list(argv)
+  for index, arg in enumerate(argv[1:], start=1):
+    if re.match(r"^--?config=", arg):
+      spec = _resolve_spec(arg.split("=", 1)[1])
+      return [argv[0], f"--config={spec}", *argv[1:index], *argv[index + 1 :]], spec
+    if re.match(r"^--?config$", arg):
+      if index + 1 == len(argv):
+        raise UsageError("--config needs a value: --config=FILE[:VARIANT]")
+      spec = _resolve_spec(argv[index + 1])
+      return [argv[0], f"--config={spec}", *argv[1:index], *argv[index + 2 :]], spec
+  return argv, None
+
+
+def parse(
+  argv: Sequence[str],
+  define_flags: DefineFlags,
+  default_config: Callable[[flags.FlagValues], str | None] | None = None,
+  *,
+  config_help: str = "Run config file[:variant].",
+) -> flags.FlagValues:
+  """Parses a command line (argv[0] is the program) into a fresh `FlagValues`.
+
+  The command's plain flags are read first (the default config may depend on them), then the
+  config file is loaded, every override is checked against it, and the locked config flag is
+  parsed. A fresh `FlagValues` per call keeps in-process calls (tests, notebooks) independent.
+
+  Args:
+    argv: the command line.
+    define_flags: defines the command's own flags on a `FlagValues` (called twice).
+    default_config: from the pre-parsed plain flags, the `--config` value to use when the
+      command line has none (None: `--config` is required). May raise ValueError/UsageError.
+    config_help: help text of `--config`.
+
+  Returns:
+    The parsed flags; `parsed.config` is the locked ConfigDict with the overrides applied.
+
+  Raises:
+    UsageError: a bad config file or variant, an override of a field that does not exist, an
+      unknown flag or an error of `default_config`.
+  """
+  argv, explicit_config = config_first(argv)
+  try:
+    pre = flags.FlagValues()
+    define_flags(pre)
+    pre(list(argv), known_only=True)
+    spec = explicit_config
+    if spec is None and default_config is not None:
+      spec = default_config(pre)
+    if spec is None:
+      raise UsageError("pass --config=FILE[:VARIANT]")
+  except (flags.Error, ValueError) as e:
+    raise UsageError(str(e)) from None
+  check_overrides(load_config_file(spec), config_overrides(argv))
+
+  parsed = flags.FlagValues()
+  define_flags(parsed)
+  config_flags.DEFINE_config_file(
+    "config",
+    default=spec if explicit_config is None else None,
+    help_string=config_help,
+    flag_values=parsed,
+    lock_config=True,
+    sys_argv=argv,
+  )
+  try:
+    leftover = parsed(argv, known_only=True)
+    # What is left are absl's own flags (--verbosity, ...) or mistakes.
+    flags.FLAGS(leftover, known_only=False)
+  except flags.Error as e:
+    raise UsageError(str(e)) from None
+  return parsed
+
+
+def require(parsed: flags.FlagValues, *names: str) -> None:
+  """Raises a UsageError naming the first of the flags `names` that has no value."""
+  for name in names:
+    if not parsed[name].value:
+      raise UsageError(f"--{name} is required")
+
+
+def run(
+  prog: str,
+  doc: str,
+  define_flags: DefineFlags,
+  parse_fn: Callable[[Sequence[str]], flags.FlagValues],
+  main_fn: Callable[[flags.FlagValues], Any],
+  *,
+  config_help: str = "Run config file[:variant].",
+  user_errors: tuple[type[BaseException], ...] = (),
+) -> None:
+  """Runs a command line as a console script: help, one-line usage errors, then `main_fn`.
+
+  Args:
+    prog: the program name used in messages.
+    doc: the text `--help` prints before the flags.
+    define_flags: the command's own flags (for `--help`).
+    parse_fn: `argv -> parsed flags`, raising UsageError for a bad command line.
+    main_fn: runs the command; its return value is ignored (absl would make it the status).
+    config_help: help text of `--config`.
+    user_errors: exception types `main_fn` raises for a user's mistake (a missing file, a bad
+      source): printed as one line with exit status 1 instead of a traceback.
+  """
+
+  def flags_parser(argv: Sequence[str]) -> flags.FlagValues:
+    if any(arg in _HELP_ARGS for arg in argv[1:]):
+      help_flags = flags.FlagValues()
+      define_flags(help_flags)
+      print(doc)
+      print(help_flags.get_help(include_special_flags=False))
+      print(f"  --config: {config_help}")
+      sys.exit(0)
+    try:
+      return parse_fn(argv)
+    except UsageError as e:
+      _fail(prog, str(e))
+
+  def app_main(parsed: flags.FlagValues) -> None:
+    try:
+      main_fn(parsed)
+    except user_errors as e:
+      _fail(prog, _one_line(e))
+
+  app.run(app_main, flags_parser=flags_parser)
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error.args[0]) if len(error.args) == 1 else str(error)
+  return " ".join(text.split())
+
+
+def _fail(prog: str, message: str) -> None:
+  sys.stderr.write(f"{prog}: {message}\nPass --help for usage.\n")
+  sys.exit(1)

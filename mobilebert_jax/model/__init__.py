@@ -1,0 +1,1 @@
+"""The MobileBERT model family: config, layers, encoder, heads, the eight model classes."""

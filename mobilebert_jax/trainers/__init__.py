@@ -1,0 +1,1 @@
+"""One short `train_and_evaluate` per training regime, each over `mobilebert_jax.train`."""
