@@ -47,7 +47,7 @@ from mobilebert_jax.train import (
 )
 
 PyTree = Any
-# What the trainer writes into a workdir besides the checkpoints (see `trainer`).
+# What the trainer writes into a workdir besides the checkpoints (see `train.run_files`).
 _WORKDIR_FILES = ("config.json", "model_config.json", "vocab.txt")
 # BERT's `run_squad.py` settings, for models given as bare parts (no run config to read).
 _SQUAD_DEFAULTS = {

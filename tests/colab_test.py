@@ -87,7 +87,7 @@ def test_quiet_library_logs_hides_only_the_named_libraries_below_the_level():
     return logging.LogRecord("absl", level, path, 1, message, None, None)
 
   orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "manager.py")
-  ours_file = os.path.join(os.sep, "repo", "mobilebert_jax", "trainer.py")
+  ours_file = os.path.join(os.sep, "repo", "mobilebert_jax", "train", "loop.py")
   collect = Collect()
   absl_logger = absl_logging.get_absl_logger()
   absl_logger.addHandler(collect)

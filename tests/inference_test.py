@@ -24,9 +24,9 @@ from mobilebert_jax import (
   MobileBertForSequenceClassification,
   inference,
 )
+from mobilebert_jax.cli import load_config_file
 from mobilebert_jax.data import squad
 from mobilebert_jax.demo import DEV_FILE, TRAIN_FILE, VOCAB_FILE
-from mobilebert_jax.finetune import load_config_file
 from mobilebert_jax.trainers import finetuning as trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def _fast_compiles():
 
 def tiny_config(spec: str, **changes):
   """A `size=tiny` config with the demo vocabulary and `changes` ("a.b" keys allowed)."""
-  config = load_config_file(os.path.join(REPO, "configs", spec))
+  config = load_config_file(os.path.join(REPO, "mobilebert_jax", "configs", spec))
   config.tokenizer.vocab_file = VOCAB_FILE
   for key, value in changes.items():
     node = config

@@ -254,7 +254,7 @@ def our_optimizer(name: str, **overrides) -> optax.GradientTransformation:
     weight_decay=WEIGHT_DECAY,
   )
   kwargs.update(overrides)
-  return build_optimizer(name, **kwargs)
+  return build_optimizer(name, **kwargs).transformation
 
 
 def run_ours(optimizer, flat_params, grads_per_step):
@@ -689,7 +689,8 @@ def test_a_bare_string_of_patterns_is_rejected():
 
 def test_ready_schedule_is_used_as_is():
   schedule = optax.constant_schedule(0.5)
-  opt = build_optimizer("adamw_tf1", schedule, weight_decay=0.0, clip_norm=None)
+  opt, returned_schedule = build_optimizer("adamw_tf1", schedule, weight_decay=0.0, clip_norm=None)
+  assert returned_schedule is schedule
   params = {"w": jnp.ones(3)}
   updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
   # Step 1 without bias correction: m = 0.1, v = 0.001 → u = 0.1 / (√0.001 + 1e-6).

@@ -85,7 +85,7 @@ def qa_loss(outputs, batch):
 
 
 def make_optimizer():
-  return build_optimizer("lamb", PEAK_LR, total_steps=TOTAL_STEPS)
+  return build_optimizer("lamb", PEAK_LR, total_steps=TOTAL_STEPS).transformation
 
 
 def flatten_params(params) -> dict[str, np.ndarray]:
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
   iterator = BatchIterator(make_features(), GLOBAL_BATCH, shuffle=True, seed=3)
   train_step = shd.jit_train_step(
     steps.make_train_step(
-      model, qa_loss, tx, learning_rate_fn=build_schedule(PEAK_LR, TOTAL_STEPS)
+      steps.model_loss_fn(model, qa_loss), tx, learning_rate_fn=build_schedule(PEAK_LR, TOTAL_STEPS)
     ),
     mesh,
     rules,

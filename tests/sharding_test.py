@@ -72,7 +72,7 @@ def make_batches(num: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
 def optimizer() -> optax.GradientTransformation:
   # The real LAMB chain (clipping, Adam moments, masked decay, per-layer trust ratios): its norms
   # are reductions over sharded parameters under fsdp.
-  return build_optimizer("lamb", 1e-2, total_steps=100)
+  return build_optimizer("lamb", 1e-2, total_steps=100).transformation
 
 
 def one_device_mesh():
@@ -119,8 +119,7 @@ def run_training(model, tx, mesh, rules, initial_state, batches, grad_accum_step
   """Trains from a host copy of `initial_state`; returns (losses, final state, #traces, metrics)."""
   traces = []
   train_step = steps.make_train_step(
-    model,
-    qa_loss,
+    steps.model_loss_fn(model, qa_loss),
     tx,
     grad_accum_steps=grad_accum_steps,
     learning_rate_fn=build_schedule(1e-2, 100),
@@ -379,7 +378,7 @@ def test_gradient_accumulation_matches_the_full_batch(reference):
     <= RTOL
   )
   with pytest.raises(ValueError, match="positive integer"):
-    steps.make_train_step(model, qa_loss, tx, grad_accum_steps=0)
+    steps.make_train_step(steps.model_loss_fn(model, qa_loss), tx, grad_accum_steps=0)
 
 
 def test_sharded_eval_matches_single_device(reference):

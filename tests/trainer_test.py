@@ -22,16 +22,27 @@ from mobilebert_jax import (
   MobileBertForSequenceClassification,
   tasks,
 )
+from mobilebert_jax.cli import load_config_file
 from mobilebert_jax.demo import TRAIN_FILE, VOCAB_FILE
-from mobilebert_jax.finetune import load_config_file
 from mobilebert_jax.model.models import abstract_params, init_params
-from mobilebert_jax.train import checkpointing, evaluation, optim, sharding, steps, summaries
+from mobilebert_jax.train import (
+  checkpointing,
+  evaluation,
+  loop,
+  optim,
+  run_files,
+  sharding,
+  steps,
+  summaries,
+)
 from mobilebert_jax.trainers import finetuning as trainer
 from mobilebert_jax.weights import layout
 from mobilebert_jax.weights.loading import save_pretrained
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mobilebert_jax", "configs"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,9 +93,9 @@ def train_records(workdir) -> list[dict]:
 
 def restore_params(workdir, step: int):
   """The parameters of checkpoint `step` of a workdir, as host arrays."""
-  with open(os.path.join(workdir, trainer.MODEL_CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, run_files.MODEL_CONFIG_FILE)) as f:
     model_config = MobileBertConfig.from_dict(json.load(f), source="hf")
-  with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, run_files.CONFIG_FILE)) as f:
     task = tasks.get_task(json.load(f)["task"])
   target = abstract_params(task.model_class(model_config))
   root = os.path.join(workdir, "checkpoints")
@@ -129,14 +140,14 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_pat
     log_every_steps=3,
     **{"optimizer.learning_rate": 1e38, "optimizer.warmup_proportion": 0.5},
   )
-  with pytest.raises(trainer.NonFiniteLossError, match=r"diverged at step 2\b.*step 1 in") as err:
+  with pytest.raises(loop.NonFiniteLossError, match=r"diverged at step 2\b.*step 1 in") as err:
     trainer.train_and_evaluate(config, str(tmp_path))
   assert "loss=" in str(err.value) and "learning_rate" in str(err.value)
   steps_saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
   assert steps_saved == [1]
   params = restore_params(tmp_path, 1)
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
-  assert not (tmp_path / trainer.EVAL_METRICS_FILE).exists()
+  assert not (tmp_path / run_files.EVAL_METRICS_FILE).exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,10 +171,10 @@ def test_rerun_resumes_from_the_latest_checkpoint_to_the_same_result(tmp_path, s
   resumed = tmp_path / "resumed"
   shutil.copytree(reference, resumed)
   shutil.rmtree(resumed / "checkpoints" / "6")
-  os.remove(resumed / trainer.EVAL_METRICS_FILE)
+  os.remove(resumed / run_files.EVAL_METRICS_FILE)
   resumed_metrics = trainer.train_and_evaluate(config, str(resumed))
 
-  with open(resumed / trainer.RUN_INFO_FILE) as f:
+  with open(resumed / run_files.RUN_INFO_FILE) as f:
     run_info = json.load(f)
   assert run_info["start_step"] == 4 and "resumed" in run_info["weights"]
   new_steps = [r["step"] for r in train_records(resumed)][len(train_records(reference)) :]
@@ -231,12 +242,12 @@ def test_init_from_a_hugging_face_directory(tmp_path):
   )
   workdir = tmp_path / "run"
   trainer.train_and_evaluate(config, str(workdir))
-  with open(workdir / trainer.RUN_INFO_FILE) as f:
+  with open(workdir / run_files.RUN_INFO_FILE) as f:
     assert "hf" in json.load(f)["weights"]
   loaded = restore_params(workdir, 1)  # scanned (tiny configs scan), the source is not
   expected = layout.stack_layers(jax.tree.map(np.asarray, params), 2)
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
-  with open(workdir / trainer.MODEL_CONFIG_FILE) as f:
+  with open(workdir / run_files.MODEL_CONFIG_FILE) as f:
     saved = json.load(f)
   assert saved["vocab_size"] == 700 and saved["num_labels"] == 2
   assert saved["classifier_dropout"] == 0.1  # the recipe's override on top of the checkpoint
@@ -303,7 +314,7 @@ def test_predict_pads_the_last_batch_and_keeps_row_order():
 
 
 def sharding_optimizer():
-  return optim.build_optimizer("adamw", 1e-3, total_steps=10)
+  return optim.build_optimizer("adamw", 1e-3, total_steps=10).transformation
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def accumulate_gradients(
   has_aux: bool = False,
   rng: jax.Array | None = None,
   microbatch_constraint: Callable[[PyTree], PyTree] | None = None,
-) -> tuple[Any, PyTree]:
+  carry: PyTree | None = None,
+) -> tuple[Any, ...]:
   """Loss and gradients of a global batch, computed microbatch by microbatch.
 
   `grad_fn` is typically `jax.value_and_grad(loss_fn, has_aux=has_aux)` with
@@ -112,36 +113,48 @@ def accumulate_gradients(
       microbatch i (the whole batch gets `rng` itself when k = 1).
     microbatch_constraint: applied to each microbatch before `grad_fn`, e.g. a
       `jax.lax.with_sharding_constraint` re-imposing the batch sharding.
+    carry: state threaded through the microbatches in order (e.g. a model's moving-average
+      statistics): `grad_fn` then takes it as its last argument and returns
+      `((loss, (aux, new_carry)), grads)` (`has_aux` is required); microbatch i sees the carry
+      microbatch i - 1 returned, as k sequential steps on smaller batches would.
 
   Returns:
     `(loss, grads)`, or `((loss, aux), grads)` with `has_aux`, where aux leaves are stacked
     over microbatches ([k, ...]; combine them as their meaning requires). The loss is a float32
-    scalar and the gradients are float32, with the structure `grad_fn` returns.
+    scalar and the gradients are float32, with the structure `grad_fn` returns. With `carry`,
+    `((loss, aux), grads, final_carry)`.
 
   Raises:
     ValueError: see `split_microbatches`.
   """
+  if carry is not None and not has_aux:
+    raise ValueError("accumulate_gradients(carry=...) needs has_aux=True (see the docstring)")
   microbatches = split_microbatches(batch, num_microbatches)
   k = int(num_microbatches)
+  threaded = carry is not None
 
-  def call(microbatch, index):
+  def call(microbatch, index, state):
     if microbatch_constraint is not None:
       microbatch = microbatch_constraint(microbatch)
-    if rng is None:
-      out, grads = grad_fn(params, microbatch)
-    else:
-      key = rng if k == 1 else jax.random.fold_in(rng, index)
-      out, grads = grad_fn(params, microbatch, key)
+    args = [params, microbatch]
+    if rng is not None:
+      args.append(rng if k == 1 else jax.random.fold_in(rng, index))
+    if threaded:
+      args.append(state)
+    out, grads = grad_fn(*args)
     loss, aux = out if has_aux else (out, None)
-    return loss, aux, grads
+    if threaded:
+      aux, state = aux
+    return loss, aux, grads, state
 
   if k == 1:
-    loss, aux, grads = call(batch, 0)
+    loss, aux, grads, carry = call(batch, 0, carry)
     loss = jnp.asarray(loss, jnp.float32)
     grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-    if has_aux:
-      return (loss, jax.tree.map(lambda a: jnp.asarray(a)[None], aux)), grads
-    return loss, grads
+    if not has_aux:
+      return loss, grads
+    result = (loss, jax.tree.map(lambda a: jnp.asarray(a)[None], aux)), grads
+    return (*result, carry) if threaded else result
 
   normalizer = normalizer_fn or _default_normalizer(weights_key)
   denominators = jax.vmap(normalizer)(microbatches).astype(jnp.float32)
@@ -154,24 +167,26 @@ def accumulate_gradients(
     return jax.tree.map(lambda x: x[0], tree)
 
   # Shapes of the gradients (and aux) without running anything, for the zero accumulators.
-  _, _, grad_shapes = jax.eval_shape(lambda mb: call(mb, 0), first_microbatch(microbatches))
+  _, _, grad_shapes, _ = jax.eval_shape(
+    lambda mb: call(mb, 0, carry), first_microbatch(microbatches)
+  )
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), grad_shapes)
 
-  def body(carry, xs):
-    loss_sum, grad_sum = carry
+  def body(state, xs):
+    loss_sum, grad_sum, threaded_state = state
     microbatch, share, index = xs
-    loss, aux, grads = call(microbatch, index)
+    loss, aux, grads, threaded_state = call(microbatch, index, threaded_state)
     # `where`, not a product: a 0/0 loss of an empty microbatch must not leak NaN into the sum.
     counted = share > 0
     loss_sum = loss_sum + jnp.where(counted, share * jnp.asarray(loss, jnp.float32), 0.0)
     grad_sum = jax.tree.map(
       lambda acc, g: acc + jnp.where(counted, share * g.astype(jnp.float32), 0.0), grad_sum, grads
     )
-    return (loss_sum, grad_sum), aux
+    return (loss_sum, grad_sum, threaded_state), aux
 
-  (loss, grads), aux = jax.lax.scan(
-    body, (jnp.zeros([], jnp.float32), zeros), (microbatches, shares, jnp.arange(k))
+  (loss, grads, carry), aux = jax.lax.scan(
+    body, (jnp.zeros([], jnp.float32), zeros, carry), (microbatches, shares, jnp.arange(k))
   )
-  if has_aux:
-    return (loss, aux), grads
-  return loss, grads
+  if not has_aux:
+    return loss, grads
+  return ((loss, aux), grads, carry) if threaded else ((loss, aux), grads)

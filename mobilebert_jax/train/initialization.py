@@ -35,6 +35,7 @@ from mobilebert_jax.model.models import abstract_params, init_params
 from mobilebert_jax.tasks import Task, get_task
 from mobilebert_jax.tokenization import SentencePieceTokenizer, WordPieceTokenizer
 from mobilebert_jax.train import checkpointing
+from mobilebert_jax.train.run_files import CHECKPOINTS_DIR
 from mobilebert_jax.weights import layout
 from mobilebert_jax.weights.loading import load_pretrained
 
@@ -42,7 +43,10 @@ PyTree = Any
 ConfigDict = ml_collections.ConfigDict
 
 PRESET_PREFIX = "preset:"
-CHECKPOINTS_DIR = "checkpoints"
+# The `MobileBertConfig` fields a resumed run may change: they change neither the parameter tree
+# (as `scan_layers` and `param_dtype` do) nor what the model computes in float32 (as the
+# architecture, dropout and the numerical options do), only how it is computed.
+RESUMABLE_MODEL_FIELDS = ("remat_policy", "dtype")
 VOCAB_NAMES = ("vocab.txt", "spiece.model", "sentencepiece.model")
 
 
@@ -71,6 +75,37 @@ def config_overrides(config: ConfigDict, task: Task) -> dict[str, Any]:
   fields = {k: v for k, v in config.model.items() if k != "preset" and v is not None}
   fields.update(task.model_overrides(config))
   return fields
+
+
+def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> MobileBertConfig:
+  """The model config of a resumed run: the checkpoint's, with the allowed overrides applied.
+
+  Args:
+    saved: the config stored with the checkpoint.
+    overrides: `config_overrides(config, task)`, the fields the run config sets.
+
+  Returns:
+    `saved` with the overrides of `RESUMABLE_MODEL_FIELDS` applied.
+
+  Raises:
+    ValueError: an override of any other field with a value other than the checkpoint's (naming
+      the fields: the checkpoint's parameters were trained for its own architecture).
+  """
+  # Compared after `replace` normalises them (label maps, sequences), field by field.
+  changed = {
+    k: v for k, v in overrides.items() if getattr(saved.replace(**{k: v}), k) != getattr(saved, k)
+  }
+  refused = sorted(k for k in changed if k not in RESUMABLE_MODEL_FIELDS)
+  if refused:
+    listing = ", ".join(f"{k}={changed[k]!r} (checkpoint: {getattr(saved, k)!r})" for k in refused)
+    raise ValueError(
+      f"the workdir's checkpoint fixes the model, so these --config.model overrides cannot apply "
+      f"on resume: {listing}. Only {', '.join(RESUMABLE_MODEL_FIELDS)} may change; use a new "
+      "--workdir with --init_from=<this workdir> to start a new run from its weights"
+    )
+  if changed:
+    logging.info("resuming with model overrides %s", changed)
+  return saved.replace(**changed)
 
 
 def initial_weights(config: ConfigDict, task: Task, tokenizer: Any) -> InitialWeights:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -269,6 +269,18 @@ def clip_by_variable_norm(
 # ----------------------------------------------------------------------------------------------
 
 
+class Optimizer(NamedTuple):
+  """An optax transformation and the learning-rate schedule it applies.
+
+  Attributes:
+    transformation: the optax chain.
+    schedule: `step -> rate` for the 0-based update count (what the summaries report).
+  """
+
+  transformation: optax.GradientTransformation
+  schedule: optax.Schedule
+
+
 def build_optimizer(
   name: str,
   learning_rate: float | optax.Schedule,
@@ -290,14 +302,14 @@ def build_optimizer(
   exclude_from_weight_decay: Sequence[str] = DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
   exclude_from_layer_adaptation: Sequence[str] | None = None,
   stacked_layer_patterns: Sequence[str] = DEFAULT_STACKED_LAYER_PATTERNS,
-) -> optax.GradientTransformation:
+) -> Optimizer:
   """Builds LAMB or AdamW with gradient clipping and a warm-up/decay schedule.
 
   The chain is: float32 cast → clip → Adam direction → + wd·w on non-excluded leaves → (LAMB)
   per-variable trust ratio on non-excluded leaves → × −lr(step). Its state is an
   `optax.named_chain` state (keys "upcast", "clip", "adam", "weight_decay", "trust_ratio",
-  "learning_rate" as present; the moments are `state["adam"].mu` / `.nu`). `build_schedule`
-  with the same schedule arguments gives the rate applied at each 0-based step, for logging.
+  "learning_rate" as present; the moments are `state["adam"].mu` / `.nu`). It comes with its
+  schedule, the rate applied at each 0-based step (for logging).
 
   To freeze part of the tree (e.g. a distillation teacher), wrap the result in
   `optax.multi_transform` with `optax.set_to_zero()` for the frozen labels: the frozen leaves
@@ -333,7 +345,8 @@ def build_optimizer(
       trust ratio and per-variable clipping are per layer.
 
   Returns:
-    The optax transformation. Call `update(grads, state, params)`; params are required.
+    `Optimizer(transformation, schedule)` (unpacks as a pair): call
+    `transformation.update(grads, state, params)`; params are required.
 
   Raises:
     ValueError: unknown `name`, contradictory or out-of-range settings.
@@ -395,4 +408,4 @@ def build_optimizer(
       )
     )
   steps.append(("learning_rate", optax.scale_by_learning_rate(schedule)))
-  return optax.named_chain(*steps)
+  return Optimizer(optax.named_chain(*steps), schedule)

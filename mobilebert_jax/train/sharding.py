@@ -310,14 +310,17 @@ def make_init_fn(
   """Returns `init_fn(rng) -> TrainState`, a pure function to run under `jax.jit`.
 
   The parameters come from `model.init` with the first half of `jax.random.split(rng)`, the
-  dropout base key is the second half.
+  dropout base key is the second half; every other collection `model.init` creates becomes the
+  state's `collections`.
   """
 
   def init_fn(rng: jax.Array) -> TrainState:
     params_rng, dropout_rng = jax.random.split(rng)
-    variables = model.init(params_rng, dummy_inputs(model))
-    params = nn.meta.unbox(variables["params"])
-    return TrainState.create(params=params, optimizer=optimizer, rng=dropout_rng)
+    variables = dict(nn.meta.unbox(model.init(params_rng, dummy_inputs(model))))
+    params = variables.pop("params")
+    return TrainState.create(
+      params=params, optimizer=optimizer, rng=dropout_rng, collections=dict(variables)
+    )
 
   return init_fn
 
@@ -338,17 +341,19 @@ def train_state_shardings(
     rules: logical axis rules.
 
   Returns:
-    A `TrainState` whose leaves are `NamedSharding`s: params by their logical names, optimizer
-    state like the params (scalars replicated), step and rng replicated.
+    A `TrainState` whose leaves are `NamedSharding`s: params (and collections) by their logical
+    names (unnamed leaves replicated), optimizer state like the params (scalars replicated),
+    step and rng replicated.
   """
-  boxed = jax.eval_shape(model.init, jax.random.key(0), dummy_inputs(model))["params"]
+  boxed = dict(jax.eval_shape(model.init, jax.random.key(0), dummy_inputs(model)))
   abstract = jax.eval_shape(make_init_fn(model, optimizer), _abstract_key())
-  p_sh = params_shardings(boxed, mesh, rules)
+  p_sh = params_shardings(boxed.pop("params"), mesh, rules)
   return TrainState(
     step=replicated(mesh),
     params=p_sh,
     opt_state=shard_like_params(abstract.opt_state, abstract.params, p_sh, mesh),
     rng=replicated(mesh),
+    collections={name: params_shardings(tree, mesh, rules) for name, tree in boxed.items()},
   )
 
 
@@ -408,6 +413,7 @@ def create_train_state_from_params(
   optimizer: optax.GradientTransformation,
   shardings: TrainState,
   rng: jax.Array | int = 0,
+  collections: PyTree | None = None,
 ) -> TrainState:
   """Builds a sharded step-0 train state around given parameters (e.g. imported weights).
 
@@ -419,6 +425,8 @@ def create_train_state_from_params(
     optimizer: the optax transformation.
     shardings: `train_state_shardings(...)` of the model.
     rng: dropout base key or integer seed.
+    collections: the model's initial non-parameter variables (the model's own initial values,
+      e.g. from `model.init`; default: none).
 
   Returns:
     The sharded `TrainState` (step 0, fresh optimizer state).
@@ -426,15 +434,16 @@ def create_train_state_from_params(
   if isinstance(rng, int):
     rng = jax.random.split(jax.random.key(rng))[1]
   placed = put_tree(params, shardings.params)
+  placed_collections = put_tree(collections or {}, shardings.collections)
 
-  def init(p: PyTree, key: jax.Array) -> TrainState:
-    return TrainState.create(params=p, optimizer=optimizer, rng=key)
+  def init(p: PyTree, c: PyTree, key: jax.Array) -> TrainState:
+    return TrainState.create(params=p, optimizer=optimizer, rng=key, collections=c)
 
   mesh = shardings.step.mesh
-  # The placed copy is donated: the state's parameters reuse its buffers.
-  build = jax.jit(init, out_shardings=shardings, donate_argnums=(0,))
+  # The placed copies are donated: the state reuses their buffers.
+  build = jax.jit(init, out_shardings=shardings, donate_argnums=(0, 1))
   with jax.set_mesh(mesh):
-    return build(placed, jax.device_put(rng, replicated(mesh)))
+    return build(placed, placed_collections, jax.device_put(rng, replicated(mesh)))
 
 
 def put_tree(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -486,63 +495,96 @@ class MeshFunction:
 
 
 def jit_train_step(
-  train_step: Callable[[TrainState, PyTree], tuple[TrainState, PyTree]],
+  train_step: Callable[..., tuple[TrainState, PyTree]],
   mesh: Mesh,
   rules: LogicalRules,
   state_shardings: TrainState,
+  frozen_shardings: PyTree | None = None,
   *,
   donate_state: bool = True,
 ) -> MeshFunction:
-  """Jits `train_step(state, batch) -> (state, metrics)` with explicit shardings.
+  """Jits `train_step(state, batch[, frozen]) -> (state, metrics)` with explicit shardings.
 
   The state keeps its shardings from step to step (in and out shardings are the same tree, so
   nothing is resharded and nothing recompiles); the batch is split over all devices on its
   leading dimension; metrics are replicated scalars. The input state is donated: its buffers are
   reused for the output, so the caller must not touch the old state after the call.
 
+  With `frozen_shardings` the step takes a third argument, the frozen tree (a teacher's
+  parameters, ...), laid out by those shardings. It is an argument, not a closure: closed-over
+  arrays would be baked into the executable as constants (a copy per compile, and a recompile
+  for new values). It is never donated, so the same arrays serve every step.
+
   Args:
     train_step: from `steps.make_train_step`.
     mesh: the device mesh.
     rules: logical axis rules.
     state_shardings: `train_state_shardings(...)`.
+    frozen_shardings: the frozen tree's shardings (e.g. from `params_shardings`), or None for a
+      step without one.
     donate_state: donate the input state's buffers.
 
   Returns:
-    A `MeshFunction` to call as `step(state, batch)`.
+    A `MeshFunction` to call as `step(state, batch)`, or `step(state, batch, frozen)`.
   """
-  jitted = jax.jit(
-    train_step,
-    in_shardings=(state_shardings, batch_sharding(mesh)),
-    out_shardings=(state_shardings, replicated(mesh)),
-    donate_argnums=(0,) if donate_state else (),
-  )
+  out_shardings = (state_shardings, replicated(mesh))
+  donate = (0,) if donate_state else ()
+  if frozen_shardings is None:
+
+    def step_without_frozen(state: TrainState, batch: PyTree) -> tuple[TrainState, PyTree]:
+      return train_step(state, batch)
+
+    jitted = jax.jit(
+      step_without_frozen,
+      in_shardings=(state_shardings, batch_sharding(mesh)),
+      out_shardings=out_shardings,
+      donate_argnums=donate,
+    )
+  else:
+    jitted = jax.jit(
+      train_step,
+      in_shardings=(state_shardings, batch_sharding(mesh), frozen_shardings),
+      out_shardings=out_shardings,
+      donate_argnums=donate,
+    )
   return MeshFunction(jitted, mesh, rules)
 
 
 def jit_eval_step(
-  eval_step: Callable[[PyTree, PyTree], PyTree],
+  eval_step: Callable[..., PyTree],
   mesh: Mesh,
   rules: LogicalRules,
   params_shardings: PyTree,
+  collections_shardings: PyTree | None = None,
   *,
   replicate_outputs: bool = True,
 ) -> MeshFunction:
-  """Jits `eval_step(params, batch) -> outputs`.
+  """Jits `eval_step(params, batch[, collections]) -> outputs`.
 
   Args:
     eval_step: from `steps.make_eval_step`.
     mesh: the device mesh.
     rules: logical axis rules.
     params_shardings: the parameters' shardings (`train_state_shardings(...).params`).
+    collections_shardings: the model collections' shardings (`...collections`) when the model
+      has any; the step then takes them as a third argument.
     replicate_outputs: gather the outputs onto every device, so that every process can
       `jax.device_get` them (multi-host); when False, XLA keeps them batch-sharded.
 
   Returns:
-    A `MeshFunction` to call as `eval(params, batch)`.
+    A `MeshFunction` to call as `eval(params, batch)` (or `eval(params, batch, collections)`).
   """
+  if collections_shardings:
+    fn, in_shardings = eval_step, (params_shardings, batch_sharding(mesh), collections_shardings)
+  else:
+
+    def fn(params: PyTree, batch: PyTree) -> PyTree:
+      return eval_step(params, batch)
+
+    in_shardings = (params_shardings, batch_sharding(mesh))
   jitted = jax.jit(
-    eval_step,
-    in_shardings=(params_shardings, batch_sharding(mesh)),
+    fn,
+    in_shardings=in_shardings,
     out_shardings=replicated(mesh) if replicate_outputs else None,
   )
   return MeshFunction(jitted, mesh, rules)

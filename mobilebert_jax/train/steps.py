@@ -1,20 +1,38 @@
-"""Generic train and eval step factories for any model class and any task loss.
+"""The step contract every trainer shares: train and eval step factories.
 
 The factories return pure functions, to be jitted with shardings by
 `sharding.jit_train_step` / `sharding.jit_eval_step`:
 
-    train_step(state: TrainState, batch: dict[str, Array]) -> (TrainState, metrics)
-    eval_step(params, batch: dict[str, Array]) -> outputs
+    train_step(state: TrainState, batch, frozen=None) -> (TrainState, metrics)
+    eval_step(params, batch[, collections]) -> outputs
 
-Task code supplies `loss_fn(model_outputs, batch) -> (loss, aux)`, e.g. for SQuAD
+What differs between training regimes is one function, the step loss:
 
-    def loss_fn(out, batch):
+    loss_fn(params, batch, rng, context: StepContext) -> (loss, aux, new_collections)
+
+`context` carries what the loss reads but does not differentiate: the step number (a traced
+int32, for schedules inside the compiled step such as progressive-transfer gates), the model's
+mutable collections (`state.collections`, e.g. quantization ranges) and the frozen tree (e.g. a
+distillation teacher's parameters, passed to every call as an argument with its own shardings,
+so it is neither donated nor baked into the executable as a constant). `aux` is a dict of scalar
+metrics reported next to the step's own; `new_collections` replaces `state.collections`.
+
+Fine-tuning builds its loss from the model and a task loss `task_loss(model_outputs, batch) ->
+(loss, aux)` with `model_loss_fn`, e.g. for SQuAD
+
+    def task_loss(out, batch):
       loss = losses.question_answering_loss(out.start_logits, out.end_logits,
                                             batch["start_positions"], batch["end_positions"])
       return loss, {}
 
-`aux` is a dict of scalar metrics (accuracy, ...) reported next to the step's own metrics.
-Every batch entry must be an array whose leading dimension is the example dimension.
+    train_step = make_train_step(model_loss_fn(model, task_loss), optimizer)
+
+The parts every regime needs live here once: gradient accumulation (fp32, microbatches weighted
+by their `weights`), the cast of gradients back to the parameters' dtypes, the optimizer update,
+and the metrics the loop's non-finite guard checks (`loss`, `grad_norm`, `param_norm`). Every
+batch entry must be an array whose leading dimension is the example dimension. Per-layer
+learning-rate multipliers (progressive transfer) belong in the optimizer: it receives the
+parameters and counts its own updates.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,8 +52,31 @@ from mobilebert_jax.train.train_state import TrainState
 Array = jax.Array
 PyTree = Any
 Batch = Mapping[str, Array]
+# `task_loss(model_outputs, batch) -> (loss, aux)`: a fine-tuning task's loss.
 LossFn = Callable[[Any, Batch], tuple[Array, Mapping[str, Array]]]
-TrainStepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]
+TrainStepFn = Callable[..., tuple[TrainState, dict[str, Array]]]
+
+
+@flax.struct.dataclass
+class StepContext:
+  """What a step loss reads besides the parameters, the batch and the dropout key.
+
+  Attributes:
+    step: int32 scalar, the number of updates applied before this one (traced: a schedule that
+      depends on it does not recompile).
+    collections: the model's mutable collections as the step (or microbatch) starts.
+    frozen: the step's frozen tree (e.g. `{"teacher": params}`), or None.
+  """
+
+  step: Array
+  collections: PyTree
+  frozen: PyTree
+
+
+# `loss_fn(params, batch, rng, context) -> (loss, aux, new_collections)`: the step loss.
+StepLossFn = Callable[
+  [PyTree, Batch, Array, StepContext], tuple[Array, Mapping[str, Array], PyTree]
+]
 
 # Batch entries passed to the model by default; everything else (labels, weights, ...) is for
 # the loss function only.
@@ -70,37 +112,70 @@ def _constrain_batch(batch: Batch) -> dict[str, Array]:
   }
 
 
-def make_train_step(
+def model_loss_fn(
   model: nn.Module,
-  loss_fn: LossFn,
+  task_loss: LossFn,
+  *,
+  model_inputs_fn: Callable[[Batch], Mapping[str, Array]] = default_model_inputs,
+) -> StepLossFn:
+  """The step loss of a model trained on `task_loss(model_outputs, batch) -> (loss, aux)`.
+
+  The model runs in training mode (`deterministic=False`, dropout from the step's key) on the
+  variables `{"params": params, **context.collections}`; the collections it updates (e.g.
+  quantization statistics) come back as the new collections. The frozen tree is not used.
+
+  Args:
+    model: the Flax model.
+    task_loss: the task's loss on the model's outputs.
+    model_inputs_fn: picks the model's keyword inputs from a batch.
+
+  Returns:
+    A `StepLossFn` for `make_train_step`.
+  """
+
+  def loss_fn(
+    params: PyTree, batch: Batch, rng: Array, context: StepContext
+  ) -> tuple[Array, Mapping[str, Array], PyTree]:
+    variables = {"params": params, **context.collections}
+    kwargs = dict(model_inputs_fn(batch), deterministic=False, rngs={"dropout": rng})
+    if context.collections:
+      outputs, collections = model.apply(variables, **kwargs, mutable=list(context.collections))
+    else:
+      outputs, collections = model.apply(variables, **kwargs), context.collections
+    loss, aux = task_loss(outputs, batch)
+    return loss, aux, dict(collections)
+
+  return loss_fn
+
+
+def make_train_step(
+  loss_fn: StepLossFn,
   optimizer: optax.GradientTransformation,
   *,
   grad_accum_steps: int = 1,
   learning_rate_fn: optax.Schedule | None = None,
-  model_inputs_fn: Callable[[Batch], Mapping[str, Array]] = default_model_inputs,
   weights_key: str | None = "weights",
 ) -> TrainStepFn:
-  """Builds `train_step(state, batch) -> (state, metrics)`.
+  """Builds `train_step(state, batch, frozen=None) -> (state, metrics)`.
 
   One call is one optimizer update. With `grad_accum_steps = k > 1` the batch [B, ...] is split
   into k strided microbatches of B / k examples whose gradients a `lax.scan` combines in float32
   (`grad_accum.accumulate_gradients`): each microbatch counts in proportion to its summed
   `batch[weights_key]` (or its size when the batch has no weights), so the update equals the
-  whole-batch update for the weighted-mean losses of `mobilebert_jax.train.losses`.
+  whole-batch update for the weighted-mean losses of `mobilebert_jax.train.losses`. The model's
+  collections are threaded through the microbatches in order.
 
   Dropout: the step's key is `fold_in(state.rng, state.step)` (then `fold_in(·, i)` for
   microbatch i), so masks depend only on the base key and the step, never on the mesh or on
   where a run was resumed.
 
   Args:
-    model: the Flax model, called as `model.apply({"params": p}, **inputs, deterministic=False,
-      rngs={"dropout": key})`.
-    loss_fn: `loss_fn(model_outputs, batch) -> (scalar loss, dict of scalar aux metrics)`.
+    loss_fn: the step loss (see the module docstring; `model_loss_fn` for a model and a task
+      loss).
     optimizer: any optax transformation (the one the state was created with).
     grad_accum_steps: microbatches per update (>= 1; must divide the batch size).
     learning_rate_fn: the schedule, to report `learning_rate` (the rate of this update). Without
       it, the rate is read from an `optax.inject_hyperparams` state when there is one.
-    model_inputs_fn: picks the model's keyword inputs from a batch.
     weights_key: the batch entry of per-example weights that weighs microbatches (the key
       `data.batching` adds to padded batches).
 
@@ -119,19 +194,19 @@ def make_train_step(
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
 
-  def loss_and_aux(params: PyTree, batch: Batch, rng: Array) -> tuple[Array, dict[str, Array]]:
-    outputs = model.apply(
-      {"params": params}, **model_inputs_fn(batch), deterministic=False, rngs={"dropout": rng}
-    )
-    loss, aux = loss_fn(outputs, batch)
-    return jnp.asarray(loss, jnp.float32), dict(aux)
+  def train_step(
+    state: TrainState, batch: Batch, frozen: PyTree = None
+  ) -> tuple[TrainState, dict[str, Array]]:
+    def loss_and_aux(
+      params: PyTree, microbatch: Batch, rng: Array, collections: PyTree
+    ) -> tuple[Array, tuple[dict[str, Array], PyTree]]:
+      context = StepContext(step=state.step, collections=collections, frozen=frozen)
+      loss, aux, new_collections = loss_fn(params, microbatch, rng, context)
+      return jnp.asarray(loss, jnp.float32), (dict(aux), new_collections)
 
-  grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
-
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, aux), grads = accumulate_gradients(
-      grad_fn,
+    (loss, aux), grads, collections = accumulate_gradients(
+      jax.value_and_grad(loss_and_aux, has_aux=True),
       state.params,
       batch,
       grad_accum_steps,
@@ -139,6 +214,7 @@ def make_train_step(
       has_aux=True,
       rng=rng,
       microbatch_constraint=_constrain_batch if grad_accum_steps > 1 else None,
+      carry=state.collections,
     )
     # Gradients come back in float32; give them the parameters' dtype, as plain autodiff would,
     # so the optimizer state keeps its dtypes (a dtype change would recompile the next step).
@@ -163,7 +239,9 @@ def make_train_step(
       raise ValueError(f"loss_fn aux metrics {clashes} clash with the step's own metrics")
     # aux leaves are stacked over microbatches ([k], k = 1 without accumulation).
     metrics.update({k: jnp.mean(jnp.asarray(v, jnp.float32), axis=0) for k, v in aux.items()})
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, collections=collections
+    )
     return new_state, metrics
 
   return train_step
@@ -174,8 +252,8 @@ def make_eval_step(
   *,
   outputs_fn: Callable[[Any, Batch], PyTree] | None = None,
   model_inputs_fn: Callable[[Batch], Mapping[str, Array]] = default_model_inputs,
-) -> Callable[[PyTree, Batch], PyTree]:
-  """Builds `eval_step(params, batch) -> outputs` (deterministic forward pass).
+) -> Callable[..., PyTree]:
+  """Builds `eval_step(params, batch, collections=None) -> outputs` (deterministic forward).
 
   Args:
     model: the Flax model.
@@ -185,11 +263,13 @@ def make_eval_step(
     model_inputs_fn: picks the model's keyword inputs from a batch.
 
   Returns:
-    The pure eval function.
+    The pure eval function; `collections` are the model's non-parameter variables
+    (`state.collections`), read but not updated.
   """
 
-  def eval_step(params: PyTree, batch: Batch) -> PyTree:
-    outputs = model.apply({"params": params}, **model_inputs_fn(batch), deterministic=True)
+  def eval_step(params: PyTree, batch: Batch, collections: PyTree = None) -> PyTree:
+    variables = {"params": params, **(collections or {})}
+    outputs = model.apply(variables, **model_inputs_fn(batch), deterministic=True)
     return outputs if outputs_fn is None else outputs_fn(outputs, batch)
 
   return eval_step

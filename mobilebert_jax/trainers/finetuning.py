@@ -17,23 +17,22 @@ A run writes into `workdir`:
     predictions ...        the task's prediction files (predictions.json, RTE.tsv, ...)
 
 Restarting with the same workdir resumes from its latest checkpoint (state, data position and
-dropout keys included), so a killed run loses at most the steps since that checkpoint. Training
-stops with `NonFiniteLossError` naming the step as soon as the loss or the gradient norm stops
-being finite; a checkpoint is only ever saved after the metrics up to its step were checked.
+dropout keys included), so a killed run loses at most the steps since that checkpoint; on resume
+the `--config.model.*` overrides may only change implementation switches that leave the
+parameters as they are (`initialization.RESUMABLE_MODEL_FIELDS`), anything else is refused.
+The loop body (logging, the non-finite guard, evals, checkpoint cadence) is
+`mobilebert_jax.train.loop`, shared with the other trainers.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from mobilebert_jax import tasks
@@ -44,8 +43,9 @@ from mobilebert_jax.train import (
   distributed,
   evaluation,
   initialization,
+  loop,
   optim,
-  schedules,
+  run_files,
   sharding,
   steps,
   summaries,
@@ -53,26 +53,6 @@ from mobilebert_jax.train import (
 
 ConfigDict = ml_collections.ConfigDict
 PyTree = Any
-
-EVAL_METRICS_FILE = "eval_metrics.json"
-CONFIG_FILE = "config.json"
-MODEL_CONFIG_FILE = "model_config.json"
-RUN_INFO_FILE = "run_info.json"
-# The `build_optimizer` arguments that shape its learning-rate schedule.
-_SCHEDULE_ARGS = (
-  "warmup_steps",
-  "warmup_proportion",
-  "decay",
-  "power",
-  "end_lr_rate",
-  "decay_from_warmup",
-)
-# Train metrics that must stay finite; a NaN in any of them poisons the next update.
-_GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
-
-
-class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN or infinite loss (or gradient or parameter norm)."""
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
@@ -86,7 +66,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     The final evaluation metrics (also written to `workdir/eval_metrics.json`).
 
   Raises:
-    NonFiniteLossError: the loss became NaN or infinite (the message names the step).
+    loop.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
     FileNotFoundError, ValueError: bad data files, init source or settings (with the reason).
   """
   is_main = jax.process_index() == 0
@@ -94,8 +74,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   task = tasks.get_task(config.task)
   # A checkpoint in the workdir decides the model; look before reading any data.
-  checkpoint_dir = os.path.join(workdir, initialization.CHECKPOINTS_DIR)
-  resume_metadata = _latest_checkpoint_metadata(checkpoint_dir, task)
+  checkpoint_dir = os.path.join(workdir, run_files.CHECKPOINTS_DIR)
+  resume_metadata = run_files.latest_checkpoint_metadata(checkpoint_dir)
+  if resume_metadata is not None:
+    _check_same_task(resume_metadata, task, checkpoint_dir)
 
   # ------------------------------------------------------------------------------------------
   # Tokenizer and data
@@ -131,7 +113,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   # Model: the checkpoint's when resuming, else from `init_from` (or from scratch)
   # ------------------------------------------------------------------------------------------
   if resume_metadata is not None:
-    model_config = MobileBertConfig.from_dict(resume_metadata["model_config"], source="hf")
+    saved_config = MobileBertConfig.from_dict(resume_metadata["model_config"], source="hf")
+    model_config = initialization.resume_model_config(
+      saved_config, initialization.config_overrides(config, task)
+    )
     initial = None
     weights_source = f"resumed from {checkpoint_dir} step {resume_metadata['step']}"
   else:
@@ -141,24 +126,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   model = task.model_class(model_config)
 
   # ------------------------------------------------------------------------------------------
-  # Optimizer
+  # Optimizer and steps
   # ------------------------------------------------------------------------------------------
-  optimizer_args = config.optimizer.to_dict()
-  optimizer = optim.build_optimizer(**optimizer_args, total_steps=max(total_steps, 1))
-  # The optimizer's own schedule, rebuilt from the same arguments for the summaries.
-  schedule_args = {k: v for k, v in optimizer_args.items() if k in _SCHEDULE_ARGS}
-  schedule = schedules.build_schedule(
-    optimizer_args["learning_rate"], max(total_steps, 1), **schedule_args
+  optimizer, schedule = optim.build_optimizer(
+    **config.optimizer.to_dict(), total_steps=max(total_steps, 1)
   )
   state_shardings = sharding.train_state_shardings(model, optimizer, mesh, rules)
-
-  # ------------------------------------------------------------------------------------------
-  # Steps
-  # ------------------------------------------------------------------------------------------
   train_step = sharding.jit_train_step(
     steps.make_train_step(
-      model,
-      task.make_loss(model_config),
+      steps.model_loss_fn(model, task.make_loss(model_config)),
       optimizer,
       grad_accum_steps=config.grad_accum_steps,
       learning_rate_fn=schedule,
@@ -227,48 +203,31 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     if start_step > total_steps:
       logging.warning("the checkpoint (step %d) is past num_train_steps", start_step)
     if is_main:
-      _write_run_files(workdir, config, model_config, weights_source, start_step, num_params)
+      run_files.write_run_files(
+        workdir, config, model_config, weights_source, start_step, num_params
+      )
       writer.write_text("config", config.to_json_best_effort(indent=2), start_step)
 
     # ----------------------------------------------------------------------------------------
     # Train loop
     # ----------------------------------------------------------------------------------------
-    pending = _PendingMetrics(manager)
-    last_log = (start_step, time.time())
-    with summaries.ProgressBar(total_steps, start_step, enabled=config.progress_bar) as bar:
-      for step in range(start_step + 1, total_steps + 1):
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          batch = distributed.global_batch_from_local(next(train_batches), batch_sharding)
-          state, metrics = train_step(state, batch)
-        pending.add(step, metrics)
-        bar.update()
-
-        if step % config.log_every_steps == 0 or step == total_steps:
-          means = pending.pop_means()
-          elapsed_steps, elapsed = step - last_log[0], time.time() - last_log[1]
-          means["steps_per_sec"] = elapsed_steps / max(elapsed, 1e-9)
-          means["examples_per_sec"] = means["steps_per_sec"] * config.batch_size
-          last_log = (step, time.time())
-          writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-          bar.set_metrics(loss=means["loss"])
-          logging.info("step %d/%d: %s", step, total_steps, _format(means))
-
-        eval_metrics = None
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
-          pending.check()
-          eval_metrics = run_eval(state.params, None)
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          logging.info("eval at step %d: %s", step, _format(eval_metrics))
-
-        if eval_metrics is not None or step == total_steps or manager.should_save(step):
-          pending.check()  # never save a state that follows a non-finite step
-          manager.save(
-            step,
-            state,
-            data_state=train_batches.get_state(),
-            metrics=eval_metrics,
-            force=True,
-          )
+    state = loop.run_train_loop(
+      state,
+      start_step=start_step,
+      settings=loop.LoopSettings(
+        total_steps=total_steps,
+        log_every_steps=config.log_every_steps,
+        eval_every_steps=config.eval_every_steps,
+        progress_bar=config.progress_bar,
+        counts_per_step={"examples": config.batch_size},
+      ),
+      train_step=train_step,
+      next_batch=lambda: distributed.global_batch_from_local(next(train_batches), batch_sharding),
+      data_state=train_batches.get_state,
+      manager=manager,
+      writer=writer,
+      evaluate=lambda s: run_eval(s.params, None),
+    )
 
     # ----------------------------------------------------------------------------------------
     # Final evaluation
@@ -276,72 +235,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     final_step = max(total_steps, start_step)
     final_metrics = run_eval(state.params, workdir)
     writer.write_scalars(final_step, {f"eval/{k}": v for k, v in final_metrics.items()})
-    logging.info("final eval (step %d): %s", final_step, _format(final_metrics))
+    logging.info("final eval (step %d): %s", final_step, loop.format_metrics(final_metrics))
     if is_main:
-      _write_json(os.path.join(workdir, EVAL_METRICS_FILE), final_metrics)
+      run_files.write_json(os.path.join(workdir, run_files.EVAL_METRICS_FILE), final_metrics)
   return final_metrics
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-
-class _PendingMetrics:
-  """Per-step train metrics kept on the devices until they are needed on the host.
-
-  Fetching every step would stall the device pipeline; fetching only at log, eval and save
-  points still lets a non-finite loss be reported with its exact step.
-  """
-
-  def __init__(self, manager: checkpointing.CheckpointManager):
-    self._manager = manager
-    self._on_device: list[tuple[int, Mapping[str, jax.Array]]] = []
-    self._on_host: list[tuple[int, Mapping[str, np.ndarray]]] = []
-
-  def add(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
-    self._on_device.append((step, metrics))
-
-  def check(self) -> None:
-    """Fetches the pending steps and raises if any of them is not finite.
-
-    Raises:
-      NonFiniteLossError: naming the first bad step and the checkpoint a rerun resumes from.
-    """
-    fetched = jax.device_get(self._on_device)
-    self._on_device = []
-    for step, metrics in fetched:
-      bad = sorted(k for k in _GUARDED_METRICS if not np.isfinite(metrics[k]))
-      if bad:
-        raise NonFiniteLossError(_divergence_message(step, metrics, bad, self._manager))
-    self._on_host.extend(fetched)
-
-  def pop_means(self) -> dict[str, float]:
-    """Checks the steps since the last call and returns the mean of each metric over them."""
-    self.check()
-    steps, self._on_host = self._on_host, []
-    if not steps:
-      return {}
-    return {k: float(np.mean([m[k] for _, m in steps])) for k in steps[-1][1]}
-
-
-def _divergence_message(
-  step: int, metrics: Mapping[str, Any], bad: list[str], manager: checkpointing.CheckpointManager
-) -> str:
-  latest = manager.latest_step()
-  if latest is None:
-    resume = "no checkpoint was saved before it"
-  else:
-    resume = (
-      f"the last checkpoint (step {latest} in {manager.directory}) was saved before it and is "
-      "intact; rerunning with the same workdir resumes from it"
-    )
-  return (
-    f"training diverged at step {step}: loss={float(metrics['loss'])}, "
-    f"grad_norm={float(metrics['grad_norm'])}, param_norm={float(metrics['param_norm'])} "
-    f"({', '.join(bad)} not finite). Lower the learning rate "
-    f"(--config.optimizer.learning_rate) or check the data; {resume}."
-  )
 
 
 def _total_steps(config: ConfigDict, num_train: int) -> int:
@@ -367,59 +269,10 @@ def _check_batch_size(config: ConfigDict, num_devices: int) -> None:
     )
 
 
-def _latest_checkpoint_metadata(checkpoint_dir: str, task: tasks.Task) -> dict[str, Any] | None:
-  """The metadata of the workdir's latest checkpoint (None if it has none), checked for the task."""
-  if initialization.find_checkpoint(checkpoint_dir) is None:
-    return None
-  manager = checkpointing.CheckpointManager(checkpoint_dir, read_only=True)
-  try:
-    if manager.latest_step() is None:
-      return None
-    metadata = manager.metadata()
-  finally:
-    manager.close()
+def _check_same_task(metadata: dict[str, Any], task: tasks.Task, checkpoint_dir: str) -> None:
   saved_task = (metadata.get("train_config") or {}).get("task")
   if saved_task != task.name:
     raise ValueError(
       f"{checkpoint_dir} holds a checkpoint of task {saved_task!r}, not {task.name!r}: use "
       "another --workdir (or pass the old one as --init_from to start from its weights)"
     )
-  return metadata
-
-
-def _format(metrics: Mapping[str, float]) -> str:
-  return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def _write_json(path: str, value: Any) -> None:
-  """Writes JSON atomically: a reader sees the old file or the new one, never half of one."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def _write_run_files(
-  workdir: str,
-  config: ConfigDict,
-  model_config: MobileBertConfig,
-  weights_source: str,
-  start_step: int,
-  num_params: int,
-) -> None:
-  _write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
-  _write_json(os.path.join(workdir, MODEL_CONFIG_FILE), model_config.to_dict())
-  _write_json(
-    os.path.join(workdir, RUN_INFO_FILE),
-    {
-      "code": checkpointing.code_revision(),
-      "weights": weights_source,
-      "start_step": start_step,
-      "num_params": num_params,
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-      "device_kind": jax.devices()[0].device_kind,
-      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    },
-  )
