@@ -33,6 +33,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from mobilebert_jax.errors import RunConfigError
+
 UsageError = app.UsageError
 DefineFlags = Callable[[flags.FlagValues], None]
 _HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort", "--helpfull")
@@ -203,7 +205,7 @@ def run(
   main_fn: Callable[[flags.FlagValues], Any],
   *,
   config_help: str = "Run config file[:variant].",
-  user_errors: tuple[type[BaseException], ...] = (),
+  user_errors: tuple[type[BaseException], ...] = (RunConfigError, FileNotFoundError),
 ) -> None:
   """Runs a command line as a console script: help, one-line usage errors, then `main_fn`.
 
@@ -214,8 +216,8 @@ def run(
     parse_fn: `argv -> parsed flags`, raising UsageError for a bad command line.
     main_fn: runs the command; its return value is ignored (absl would make it the status).
     config_help: help text of `--config`.
-    user_errors: exception types `main_fn` raises for a user's mistake (a missing file, a bad
-      source): printed as one line with exit status 1 instead of a traceback.
+    user_errors: exception types `main_fn` raises for a user's mistake (a missing file, settings
+      that contradict the workdir): printed as one line with exit status 1, not a traceback.
   """
 
   def flags_parser(argv: Sequence[str]) -> flags.FlagValues:

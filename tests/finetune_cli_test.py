@@ -22,10 +22,11 @@ import time
 
 import jax
 import pytest
-from absl import app
+from absl import app, flags
 
-from mobilebert_jax import finetune
+from mobilebert_jax import cli, finetune
 from mobilebert_jax.demo import VOCAB_FILE
+from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.train import checkpointing
 
 # ml_collections loads config files with the deprecated `load_module()`; not ours to fix.
@@ -385,3 +386,39 @@ def test_console_script_exits_nonzero_with_the_reason():
   )  # fmt: skip
   assert result.returncode == 1
   assert "--config.data.dat_dir" in result.stderr and "data_dir" in result.stderr
+
+
+@pytest.mark.parametrize(
+  ("error", "status"),
+  [(RunConfigError("the checkpoint fixes\n  the model"), 1), (FileNotFoundError("no data"), 1)],
+)
+def test_user_errors_of_a_run_are_one_line(monkeypatch, capsys, error, status):
+  def define(flag_values):
+    flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
+
+  def main_fn(parsed):
+    raise error
+
+  monkeypatch.setattr(sys, "argv", ["prog", "--workdir=/tmp/x"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run("prog", "doc", define, parse_with_squad_config(define), main_fn)
+  assert exit_info.value.code == status
+  message = capsys.readouterr().err.splitlines()
+  assert message[0] == f"prog: {' '.join(str(error.args[0]).split())}"
+  assert not any("Traceback" in line for line in message)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+  def define(flag_values):
+    flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
+
+  def main_fn(parsed):
+    raise KeyError("a bug")
+
+  monkeypatch.setattr(sys, "argv", ["prog"])
+  with pytest.raises(KeyError, match="a bug"):
+    cli.run("prog", "doc", define, parse_with_squad_config(define), main_fn)
+
+
+def parse_with_squad_config(define):
+  return lambda argv: cli.parse(argv, define, lambda pre: cli.package_config("squad.py"))

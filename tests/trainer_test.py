@@ -24,6 +24,7 @@ from mobilebert_jax import (
 )
 from mobilebert_jax.cli import load_config_file
 from mobilebert_jax.demo import TRAIN_FILE, VOCAB_FILE
+from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.models import abstract_params, init_params
 from mobilebert_jax.train import (
   checkpointing,
@@ -187,11 +188,19 @@ def test_rerun_resumes_from_the_latest_checkpoint_to_the_same_result(tmp_path, s
   again = trainer.train_and_evaluate(config, str(resumed))
   assert again == reference_metrics
 
+  # On resume the model overrides may switch the implementation (same numbers in float32) ...
+  config.model.remat_policy = "full"
+  assert trainer.train_and_evaluate(config, str(resumed)) == reference_metrics
+  # ... but not change what the checkpoint's parameters were trained as.
+  config.model.hidden_dropout_prob = 0.3
+  with pytest.raises(RunConfigError, match=r"hidden_dropout_prob=0\.3 \(checkpoint: 0\.1\)"):
+    trainer.train_and_evaluate(config, str(resumed))
+
 
 def test_workdir_of_another_task_is_refused(overfit_run):
   workdir, _ = overfit_run
   glue = tiny_config("glue.py:task=rte,size=tiny", **{"data.data_dir": f"{TESTDATA}/glue"})
-  with pytest.raises(ValueError, match="checkpoint of task 'squad'"):
+  with pytest.raises(RunConfigError, match="checkpoint of task 'squad'"):
     trainer.train_and_evaluate(glue, workdir)
 
 

@@ -30,6 +30,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import abstract_params, init_params
 from mobilebert_jax.tasks import Task, get_task
@@ -88,8 +89,8 @@ def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> M
     `saved` with the overrides of `RESUMABLE_MODEL_FIELDS` applied.
 
   Raises:
-    ValueError: an override of any other field with a value other than the checkpoint's (naming
-      the fields: the checkpoint's parameters were trained for its own architecture).
+    RunConfigError: an override of any other field with a value other than the checkpoint's
+      (naming the fields: the checkpoint's parameters were trained for its own architecture).
   """
   # Compared after `replace` normalises them (label maps, sequences), field by field.
   changed = {
@@ -98,7 +99,7 @@ def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> M
   refused = sorted(k for k in changed if k not in RESUMABLE_MODEL_FIELDS)
   if refused:
     listing = ", ".join(f"{k}={changed[k]!r} (checkpoint: {getattr(saved, k)!r})" for k in refused)
-    raise ValueError(
+    raise RunConfigError(
       f"the workdir's checkpoint fixes the model, so these --config.model overrides cannot apply "
       f"on resume: {listing}. Only {', '.join(RESUMABLE_MODEL_FIELDS)} may change; use a new "
       "--workdir with --init_from=<this workdir> to start a new run from its weights"

@@ -37,6 +37,7 @@ from absl import logging
 
 from mobilebert_jax import tasks
 from mobilebert_jax.data.batching import BatchIterator
+from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.train import (
   checkpointing,
@@ -272,7 +273,7 @@ def _check_batch_size(config: ConfigDict, num_devices: int) -> None:
 def _check_same_task(metadata: dict[str, Any], task: tasks.Task, checkpoint_dir: str) -> None:
   saved_task = (metadata.get("train_config") or {}).get("task")
   if saved_task != task.name:
-    raise ValueError(
+    raise RunConfigError(
       f"{checkpoint_dir} holds a checkpoint of task {saved_task!r}, not {task.name!r}: use "
       "another --workdir (or pass the old one as --init_from to start from its weights)"
     )
