@@ -8,3 +8,20 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Tests must never reach the network: hub ids fail fast with a clear error instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".tfds_unused"))
+
+import jax
+import pytest
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """Tiny models compile several times faster without XLA's optimisation passes.
+
+  Modules that train or run tiny models use it with
+  `pytestmark = pytest.mark.usefixtures("fast_compiles")`; numerics are unchanged in what the
+  tests compare (each compares runs made under the same setting).
+  """
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import pytest
 from absl import app, flags
 
@@ -30,20 +29,14 @@ from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.train import checkpointing
 
 # ml_collections loads config files with the deprecated `load_module()`; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+pytestmark = [
+  pytest.mark.usefixtures("fast_compiles"),
+  pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning"),
+]
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "mobilebert_jax", "configs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Tiny models compile several times faster without XLA's optimisation passes."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def repeat_rows(src: str, dst: str, times: int, header_lines: int = 1) -> None:

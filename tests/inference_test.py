@@ -38,13 +38,7 @@ CONTEXT = (
   "years in Dravostead and died there in 1831."
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_config(spec: str, **changes):

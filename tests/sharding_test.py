@@ -33,13 +33,7 @@ NUM_STEPS = 3
 # reduction, compounded over NUM_STEPS updates. 1e-5 is the project's fp32 parity bound.
 RTOL = 1e-5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def qa_loss(outputs, batch):

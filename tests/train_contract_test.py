@@ -27,13 +27,7 @@ from mobilebert_jax.train import losses as loss_lib
 BATCH = 8
 LENGTH = 12
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def qa_batch(seed: int = 0) -> dict[str, np.ndarray]:

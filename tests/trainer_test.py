@@ -45,13 +45,7 @@ CONFIGS = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mobilebert_jax", "configs"
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_config(spec: str, **changes):
