@@ -35,6 +35,7 @@ import numpy as np
 
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.models import MODEL_CLASSES
+from mobilebert_jax.weights import load_pretrained, save_pretrained, tf_common
 
 PyTree = Any
 
@@ -53,14 +54,7 @@ def read_config_argument(value: str) -> MobileBertConfig:
     raise ValueError(
       f"--config={value!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file"
     )
-  from mobilebert_jax.weights import tf_common  # reads every dialect; imports no TensorFlow
-
-  name = os.path.basename(value)
-  if name == tf_common.TF1_CONFIG_FILE:
-    return MobileBertConfig.from_json_file(value, source="tf1")
-  if name.endswith((".yaml", ".yml")):
-    return tf_common.read_params_yaml(value).config
-  return tf_common.read_config_json(value)
+  return tf_common.read_config_file(value).config
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -140,8 +134,6 @@ def convert(
   Raises:
     ValueError: an unknown `to` or `model_class`, or anything `load_pretrained` raises.
   """
-  from mobilebert_jax.weights import load_pretrained, save_pretrained
-
   if to not in ("orbax", "hf"):
     raise ValueError(f"--to must be 'orbax' or 'hf', got {to!r}")
   if model_class not in MODEL_CLASSES:

@@ -18,14 +18,10 @@ import pytest
 import torch
 import transformers
 
-from mobilebert_jax.model.config import (
-  IMPLEMENTATION_FIELDS,
-  PRESETS,
-  MobileBertConfig,
-  detect_config_source,
-)
+from mobilebert_jax.model.config import IMPLEMENTATION_FIELDS, PRESETS, MobileBertConfig
 from mobilebert_jax.model.encoder import MobileBertModel
 from mobilebert_jax.model.models import abstract_params
+from mobilebert_jax.weights.config_dialects import detect_config_source
 
 TF1_DIR = pathlib.Path(__file__).parent / "testdata" / "tf1_configs"
 RELEASED_FILE = TF1_DIR / "uncased_L-24_H-128_B-512_A-4_F-4_OPT.json"

@@ -379,9 +379,9 @@ def test_tf_source_without_tensorflow_names_the_extra(pretraining):
     sys.modules["tensorflow"] = None  # makes `import tensorflow` fail, as if not installed
     from mobilebert_jax import MobileBertModel
     from mobilebert_jax.weights import load_pretrained, register_reader, registered_readers
-    from mobilebert_jax.weights import tf_common, tfhub
+    from mobilebert_jax.weights import tf_checkpoint, tfhub
     if "tf-checkpoint" not in {{r.name for r in registered_readers()}}:
-      register_reader(tf_common.TfCheckpointReader())
+      register_reader(tf_checkpoint.TfCheckpointReader())
       register_reader(tfhub.TfHubReader())
     try:
       load_pretrained({pretraining.prefix!r}, MobileBertModel)

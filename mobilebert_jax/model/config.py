@@ -5,7 +5,8 @@ Field names follow transformers' `MobileBertConfig` (which are also the keys of 
 P7): the TF1 `BertConfig` defaults describe a plain BERT (no trigram, no bottleneck, LayerNorm, 16
 token types, ...) while transformers' defaults describe the released MobileBERT student. A reader
 must therefore know which dialect it reads; `from_dict(..., source=...)` does, and guesses only
-from unambiguous markers when asked to.
+from unambiguous markers when asked to. Each dialect's keys, defaults and markers are in
+`mobilebert_jax.weights.config_dialects`; this module keeps our own form.
 
 Besides the architecture, the config carries the few implementation switches of this port
 (`scan_layers`, `remat_policy`, `dtype`, `param_dtype`, ...). They never change the numbers of an
@@ -20,128 +21,14 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from mobilebert_jax.weights import config_dialects
+
 ConfigSource = Literal["auto", "hf", "tf1", "tf2"]
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu", "swish")
 NORMALIZATION_TYPES = ("no_norm", "layer_norm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
-
-# Keys transformers writes into every config.json that carry no architecture information.
-_HF_GENERIC_KEYS = frozenset(
-  {
-    "architectures",
-    "model_type",
-    "transformers_version",
-    "torch_dtype",
-    "dtype",
-    "_name_or_path",
-    "name_or_path",
-    "return_dict",
-    "output_hidden_states",
-    "output_attentions",
-    "torchscript",
-    "use_bfloat16",
-    "tf_legacy_loss",
-    "pruned_heads",
-    "tie_word_embeddings",
-    "chunk_size_feed_forward",
-    "is_encoder_decoder",
-    "is_decoder",
-    "cross_attention_hidden_size",
-    "add_cross_attention",
-    "tie_encoder_decoder",
-    "finetuning_task",
-    "tokenizer_class",
-    "prefix",
-    "bos_token_id",
-    "eos_token_id",
-    "sep_token_id",
-    "decoder_start_token_id",
-    "task_specific_params",
-    "gradient_checkpointing",
-    "position_embedding_type",
-    "use_cache",
-    "_attn_implementation",
-    "_commit_hash",
-    "label2id",
-    "output_past",
-    "max_length",
-    "min_length",
-    "architectures_",
-  }
-)
-
-# The TF1 `BertConfig` constructor defaults (google-research mobilebert/modeling.py), used for
-# keys a `bert_config.json` leaves out. `None` sizes mean "same as hidden_size".
-_TF1_DEFAULTS: dict[str, Any] = {
-  "hidden_size": 768,
-  "num_hidden_layers": 12,
-  "num_attention_heads": 12,
-  "intermediate_size": 3072,
-  "hidden_act": "gelu",
-  "hidden_dropout_prob": 0.1,
-  "attention_probs_dropout_prob": 0.1,
-  "max_position_embeddings": 512,
-  "type_vocab_size": 16,
-  "initializer_range": 0.02,
-  "embedding_size": None,
-  "trigram_input": False,
-  "use_bottleneck": False,
-  "intra_bottleneck_size": None,
-  "use_bottleneck_attention": False,
-  "key_query_shared_bottleneck": False,
-  "num_feedforward_networks": 1,
-  "normalization_type": "layer_norm",
-  "classifier_activation": True,
-}
-_TF1_ONLY_KEYS = frozenset({"quantize", "use_quantized_training", "num_layers", "directory_prefix"})
-
-# TF2 Model Garden `MobileBertEncoderConfig` argument names -> our field names.
-_TF2_KEY_MAP = {
-  "word_vocab_size": "vocab_size",
-  "word_embed_size": "embedding_size",
-  "type_vocab_size": "type_vocab_size",
-  "max_sequence_length": "max_position_embeddings",
-  "num_blocks": "num_hidden_layers",
-  "hidden_size": "hidden_size",
-  "num_attention_heads": "num_attention_heads",
-  "intermediate_size": "intermediate_size",
-  "intermediate_act_fn": "hidden_act",
-  "hidden_activation": "hidden_act",
-  "hidden_dropout_prob": "hidden_dropout_prob",
-  "attention_probs_dropout_prob": "attention_probs_dropout_prob",
-  "intra_bottleneck_size": "intra_bottleneck_size",
-  "initializer_range": "initializer_range",
-  "use_bottleneck_attention": "use_bottleneck_attention",
-  "key_query_shared_bottleneck": "key_query_shared_bottleneck",
-  "num_feedforward_networks": "num_feedforward_networks",
-  "normalization_type": "normalization_type",
-  "classifier_activation": "classifier_activation",
-}
-# TF2 `MobileBertEncoderConfig` defaults: the IB-BERT teacher's values ([TF2-CFG]).
-_TF2_DEFAULTS: dict[str, Any] = {
-  "vocab_size": 30522,
-  "embedding_size": 128,
-  "type_vocab_size": 2,
-  "max_position_embeddings": 512,
-  "num_hidden_layers": 24,
-  "hidden_size": 512,
-  "num_attention_heads": 4,
-  "intermediate_size": 4096,
-  "hidden_act": "gelu_new",
-  "hidden_dropout_prob": 0.1,
-  "attention_probs_dropout_prob": 0.1,
-  "intra_bottleneck_size": 1024,
-  "initializer_range": 0.02,
-  "use_bottleneck_attention": False,
-  "key_query_shared_bottleneck": False,
-  "num_feedforward_networks": 1,
-  "normalization_type": "layer_norm",
-  "classifier_activation": True,
-  "trigram_input": True,
-  "use_bottleneck": True,
-}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -371,6 +258,27 @@ class MobileBertConfig:
       return {i: f"LABEL_{i}" for i in range(self.num_labels)}
     return dict(self.id2label)
 
+  def with_overrides(self, **overrides: Any) -> MobileBertConfig:
+    """This config with a run's overrides: `replace`, plus the rule for a new label count.
+
+    Every place that adapts a stored architecture to a run (from a preset, from one of our
+    checkpoints, from HF/TF weights, on resume) goes through here. A `num_labels` that differs
+    from the stored label names' count drops those names (they described the old head), as
+    transformers does, unless `id2label` is overridden too.
+
+    Raises:
+      ValueError: an unknown field or an impossible combination.
+    """
+    changes = dict(overrides)
+    if (
+      "num_labels" in changes
+      and "id2label" not in changes
+      and self.id2label is not None
+      and len(self.id2label) != changes["num_labels"]
+    ):
+      changes["id2label"] = None
+    return self.replace(**changes)
+
   def replace(self, **changes: Any) -> MobileBertConfig:
     """Returns a copy with `changes` applied (and validated)."""
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -400,7 +308,7 @@ class MobileBertConfig:
     """
     if name not in PRESETS:
       raise KeyError(f"Unknown MobileBERT preset {name!r}; known presets: {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+    return PRESETS[name].with_overrides(**overrides)
 
   # ------------------------------------------------------------------------------------------
   # Reading and writing JSON
@@ -416,7 +324,7 @@ class MobileBertConfig:
       data: the parsed JSON.
       source: "hf" for a transformers `config.json`, "tf1" for an original google-research
         `bert_config.json`, "tf2" for TF2 Model Garden `MobileBertEncoderConfig` arguments, or
-        "auto" to recognise the dialect (see `detect_config_source`).
+        "auto" to recognise the dialect (see `mobilebert_jax.weights.config_dialects`).
       **overrides: fields to set after reading.
 
     Returns:
@@ -425,20 +333,14 @@ class MobileBertConfig:
     Raises:
       ValueError: the dict is in neither format, or describes an impossible model.
     """
-    if source == "auto":
-      source = detect_config_source(data)
-    if source == "hf":
-      fields = _fields_from_hf(data)
-    elif source == "tf1":
-      fields = _fields_from_tf1(data)
-    elif source == "tf2":
-      fields = _fields_from_tf2(data)
-    else:
-      raise ValueError(f"source must be 'auto', 'hf', 'tf1' or 'tf2', got {source!r}")
+    names = frozenset(field.name for field in dataclasses.fields(cls))
+    fields = config_dialects.fields_from_dict(
+      data, source, config_fields=names, implementation_fields=IMPLEMENTATION_FIELDS
+    )
     fields.update(overrides)
     if "id2label" in fields:
       fields["id2label"] = _normalise_id2label(fields["id2label"])
-    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - names
     if unknown:
       raise ValueError(f"MobileBertConfig has no field(s) {sorted(unknown)}")
     return cls(**fields)
@@ -522,112 +424,6 @@ IMPLEMENTATION_FIELDS = frozenset(
     "param_dtype",
   }
 )
-
-
-def detect_config_source(data: Mapping[str, Any]) -> Literal["hf", "tf1", "tf2"]:
-  """Recognises the dialect of a config dict.
-
-  transformers always writes `model_type`; the TF2 Model Garden uses its own argument names
-  (`word_vocab_size`, `num_blocks`); a dict with `vocab_size` and neither marker is an original
-  TF1 `bert_config.json`.
-
-  Args:
-    data: parsed JSON.
-
-  Returns:
-    "hf", "tf1" or "tf2".
-
-  Raises:
-    ValueError: the dict is none of these (with the reason).
-  """
-  model_type = data.get("model_type")
-  if model_type is not None:
-    if model_type != "mobilebert":
-      raise ValueError(
-        f"config has model_type={model_type!r}; a transformers MobileBERT config has "
-        "model_type='mobilebert'"
-      )
-    return "hf"
-  if "word_vocab_size" in data or "num_blocks" in data:
-    return "tf2"
-  if "vocab_size" in data:
-    return "tf1"
-  raise ValueError(
-    "config is neither a transformers config.json (no model_type), nor an original TF1 "
-    "bert_config.json (no vocab_size), nor TF2 Model Garden encoder arguments (no "
-    f"word_vocab_size); its keys are {sorted(data)}"
-  )
-
-
-def _fields_from_hf(data: Mapping[str, Any]) -> dict[str, Any]:
-  model_type = data.get("model_type", "mobilebert")
-  if model_type != "mobilebert":
-    raise ValueError(f"the config describes a {model_type!r} model, not MobileBERT")
-  names = {f.name for f in dataclasses.fields(MobileBertConfig)}
-  # A file written by transformers uses "dtype"/"torch_dtype" for the storage dtype of its
-  # weights, not for our compute dtype; only our own config files carry implementation fields.
-  written_by_transformers = "transformers_version" in data
-  fields: dict[str, Any] = {}
-  for key, value in data.items():
-    if key in IMPLEMENTATION_FIELDS:
-      if not written_by_transformers:
-        fields[key] = value
-    elif key in names:
-      fields[key] = value
-  if "id2label" in data and "num_labels" not in data:
-    fields["num_labels"] = len(data["id2label"])
-  if "true_hidden_size" in data:
-    expected = (
-      fields.get("intra_bottleneck_size", 128)
-      if fields.get("use_bottleneck", True)
-      else fields.get("hidden_size", 512)
-    )
-    if data["true_hidden_size"] != expected:
-      raise ValueError(
-        f"true_hidden_size={data['true_hidden_size']} disagrees with the bottleneck settings "
-        f"(expected {expected})"
-      )
-  return fields
-
-
-def _fields_from_tf1(data: Mapping[str, Any]) -> dict[str, Any]:
-  if "vocab_size" not in data:
-    raise ValueError("a TF1 bert_config.json must give vocab_size")
-  known = set(_TF1_DEFAULTS) | {"vocab_size"} | _TF1_ONLY_KEYS
-  unknown = set(data) - known
-  if unknown:
-    raise ValueError(f"unknown keys for a TF1 bert_config.json: {sorted(unknown)}")
-  merged = {**_TF1_DEFAULTS, **{k: v for k, v in data.items() if k not in _TF1_ONLY_KEYS}}
-  hidden_size = merged["hidden_size"]
-  if merged["embedding_size"] is None:
-    merged["embedding_size"] = hidden_size
-  if merged["intra_bottleneck_size"] is None:
-    merged["intra_bottleneck_size"] = hidden_size
-  # The TF code's "gelu" is the tanh approximation (pitfall P9).
-  if merged["hidden_act"] == "gelu":
-    merged["hidden_act"] = "gelu_new"
-  if not merged["use_bottleneck"]:
-    merged["use_bottleneck_attention"] = False
-    merged["key_query_shared_bottleneck"] = False
-  merged["hf_layer_norm_eps_quirk"] = False
-  return merged
-
-
-def _fields_from_tf2(data: Mapping[str, Any]) -> dict[str, Any]:
-  unknown = set(data) - set(_TF2_KEY_MAP) - {"input_mask_dtype", "name", "quantization_friendly"}
-  if unknown:
-    raise ValueError(f"unknown keys for TF2 MobileBertEncoder arguments: {sorted(unknown)}")
-  fields = dict(_TF2_DEFAULTS)
-  for key, value in data.items():
-    if key in _TF2_KEY_MAP:
-      fields[_TF2_KEY_MAP[key]] = value
-  # The Model Garden MobileBERT project (`model_utils`, the TF1->TF2 converter, the TF-Hub
-  # export) builds "gelu" as the tanh approximation, which this default follows. An encoder built
-  # from an experiment yaml by `encoders.build_encoder` hands the string to Keras instead (exact
-  # GELU in the FFNs); the yaml reader in `weights/tf2.py` handles that case.
-  if fields["hidden_act"] == "gelu":
-    fields["hidden_act"] = "gelu_new"
-  return fields
 
 
 def _normalise_id2label(value: Any) -> tuple[tuple[int, str], ...] | None:

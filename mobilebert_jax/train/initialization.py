@@ -94,7 +94,9 @@ def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> M
   """
   # Compared after `replace` normalises them (label maps, sequences), field by field.
   changed = {
-    k: v for k, v in overrides.items() if getattr(saved.replace(**{k: v}), k) != getattr(saved, k)
+    k: v
+    for k, v in overrides.items()
+    if getattr(saved.with_overrides(**{k: v}), k) != getattr(saved, k)
   }
   refused = sorted(k for k in changed if k not in RESUMABLE_MODEL_FIELDS)
   if refused:
@@ -106,7 +108,7 @@ def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> M
     )
   if changed:
     logging.info("resuming with model overrides %s", changed)
-  return saved.replace(**changed)
+  return saved.with_overrides(**changed)
 
 
 def initial_weights(config: ConfigDict, task: Task, tokenizer: Any) -> InitialWeights:
@@ -182,7 +184,7 @@ def _from_our_checkpoint(
     manager.close()
   saved_config = MobileBertConfig.from_dict(metadata["model_config"], source="hf")
   saved_task = get_task(metadata["train_config"]["task"])
-  model_config = saved_config.replace(**overrides)
+  model_config = saved_config.with_overrides(**overrides)
 
   # Compare in the checkpoint's layer layout (scanned or not), convert at the end.
   as_saved = model_config.replace(scan_layers=saved_config.scan_layers)

@@ -2,40 +2,40 @@
 
 `load_pretrained` reads any registered checkpoint format into any of the eight model classes;
 `save_pretrained` writes a Hugging Face directory. New formats plug in with `register_reader`
-(see `mobilebert_jax.weights.loading`).
+(the protocol is in `mobilebert_jax.weights.protocol`).
+
+The names below load their modules on first use: `mobilebert_jax.model.config` reads foreign
+config dialects through `weights.config_dialects`, and the loaders build on the model, so an
+eager import here would make the two packages import each other.
 """
 
-from mobilebert_jax.weights import hf, tf_common, tfhub
-from mobilebert_jax.weights.layout import stack_layers, unstack_layers
-from mobilebert_jax.weights.loading import (
-  SourceTensors,
-  find_reader,
-  load_pretrained,
-  register_reader,
-  registered_readers,
-  save_pretrained,
-  unregister_reader,
-)
-from mobilebert_jax.weights.report import LoadReport
+import importlib
+from typing import Any
 
-# Local formats first; hub ids only when no local reader recognises the source. The TF readers
-# go before the HF one: they recognise a source by its `.index` or `saved_model.pb` file, while
-# the HF reader takes any directory with a `config.json`, which a TF checkpoint may have too.
-# Neither imports TensorFlow until a TF source is opened.
-register_reader(tf_common.TfCheckpointReader())
-register_reader(tfhub.TfHubReader())
-register_reader(hf.HfReader())
-register_reader(hf.HfHubReader(), fallback=True)
+# Public name -> the module of this package that defines it.
+_EXPORTS = {
+  "LoadReport": "report",
+  "SourceTensors": "loading",
+  "find_reader": "loading",
+  "load_pretrained": "loading",
+  "register_reader": "loading",
+  "registered_readers": "loading",
+  "save_pretrained": "loading",
+  "stack_layers": "layout",
+  "unregister_reader": "loading",
+  "unstack_layers": "layout",
+}
 
-__all__ = [
-  "LoadReport",
-  "SourceTensors",
-  "find_reader",
-  "load_pretrained",
-  "register_reader",
-  "registered_readers",
-  "save_pretrained",
-  "stack_layers",
-  "unregister_reader",
-  "unstack_layers",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+  globals()[name] = value  # later look-ups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_EXPORTS})

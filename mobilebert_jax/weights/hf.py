@@ -4,13 +4,15 @@ A transformers MobileBERT checkpoint is a `config.json` plus the state dict in o
 tried in transformers' order: `model.safetensors`, `model.safetensors.index.json` (shards),
 `pytorch_model.bin`, `pytorch_model.bin.index.json`. safetensors are read with NumPy (no torch;
 bfloat16 through `ml_dtypes`); `.bin` files only through `torch.load(weights_only=True)`. Every
-tensor is mapped by the explicit table in `hf_names`.
+tensor is mapped by the explicit table in `hf_names`, through `mapping.map_variables` as in the
+TensorFlow readers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -29,7 +31,8 @@ from safetensors.numpy import save_file
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import MODEL_CLASSES
 from mobilebert_jax.weights import hf_names
-from mobilebert_jax.weights.loading import Path, SourceTensors
+from mobilebert_jax.weights.mapping import SourceVariable, map_variables, to_theirs
+from mobilebert_jax.weights.protocol import Path, SourceTensors
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -280,7 +283,7 @@ def _torch_load(path: str) -> dict[str, np.ndarray]:
 
 
 class HfSource:
-  """An opened HF checkpoint (see `OpenedSource` in `loading`)."""
+  """An opened HF checkpoint (see `OpenedSource` in `protocol`)."""
 
   format = "hf"
   # Reproducing transformers' numbers is the point of loading its weights (pitfall P8).
@@ -316,50 +319,46 @@ def _map_state_dict(
   notes = []
 
   # transformers' base_model_prefix rule: a bare-encoder checkpoint gains the prefix in a class
-  # with heads; a head-class checkpoint loses it in the bare encoder (its heads go unused).
-  def target_key(key: str) -> str | None:
+  # with heads; a head-class checkpoint loses it in the bare encoder (its heads go unused). The
+  # table's names are rewritten in the checkpoint's form: without the prefix for a bare-encoder
+  # checkpoint (whose names the heads then cannot match), with it for a head-class checkpoint.
+  def checkpoint_name(name: str) -> str | None:
     if target_prefixed and not source_prefixed:
-      return prefix + key
+      return name[len(prefix) :] if name.startswith(prefix) else None
     if source_prefixed and not target_prefixed:
-      return key[len(prefix) :] if key.startswith(prefix) else None
-    return key
+      return prefix + name
+    return name
 
   if source_prefixed and not target_prefixed:
     notes.append(f"Checkpoint of a class with heads: its {prefix!r} prefix was removed.")
   elif target_prefixed and not source_prefixed:
     notes.append(f"Checkpoint of the bare MobileBertModel: the {prefix!r} prefix was added.")
 
+  table = []
+  for mapping in hf_names.model_table(config, model_class):
+    name = checkpoint_name(mapping.theirs)
+    if name is not None:
+      table.append(dataclasses.replace(mapping, theirs=name))
   skippable = set()
   for name in MODEL_CLASSES:
     skippable.update(hf_names.tied_or_buffer_keys(name))
-  table = {m.theirs: m for m in hf_names.model_table(config, model_class)}
-
-  tensors: dict[Path, np.ndarray] = {}
-  names: dict[Path, str] = {}
-  unused, ignored, mismatched = [], [], []
-  for key in keys:
-    mapping = table.get(target_key(key) or "")
-    if mapping is None:
-      (ignored if key in skippable else unused).append(key)
-      continue
-    our_shape = shapes[mapping.ours]
-    want = hf_names.their_shape(our_shape, mapping.transform)
-    have = store.shape(key)
-    if have != want:
-      mismatched.append(
-        f"{key} (in {store.file_of(key)}) has shape {have}, but {model_class} with this config "
-        f"expects {want} (our {'/'.join(mapping.ours)}: {our_shape})"
-      )
-      continue
-    tensors[mapping.ours] = hf_names.to_ours(store.get(key), mapping.transform, our_shape)
-    names[mapping.ours] = key
-  if mismatched:
-    raise ValueError(
-      "Checkpoint and model disagree on tensor shapes (is the config right?):\n  "
-      + "\n  ".join(mismatched)
+  variables = {
+    key: SourceVariable(
+      key, store.shape(key), functools.partial(store.get, key), store.file_of(key)
     )
-  notes.extend(_tie_notes(store, keys))
-  return SourceTensors(tensors, names, tuple(unused), tuple(ignored), tuple(notes))
+    for key in keys
+    if key not in skippable
+  }
+  found = map_variables(
+    variables,
+    table,
+    shapes,
+    model_class=model_class,
+    where=None,
+    ignored=[key for key in keys if key in skippable],
+    notes=notes,
+  )
+  return dataclasses.replace(found, notes=(*found.notes, *_tie_notes(store, keys)))
 
 
 def _tie_notes(store: _TensorStore, keys: list[str]) -> list[str]:
@@ -437,7 +436,7 @@ def state_dict_from_params(
 ) -> dict[str, np.ndarray]:
   """Our unscanned flat params -> transformers' state dict (without tied copies and buffers)."""
   return {
-    m.theirs: hf_names.to_theirs(np.asarray(flat_params[m.ours]), m.transform)
+    m.theirs: to_theirs(np.asarray(flat_params[m.ours]), m.transform)
     for m in hf_names.model_table(config, model_class)
   }
 

@@ -3,7 +3,10 @@
 One `TensorMapping` per tensor (spec 6.4). transformers stores linear weights [out, in]; we store
 kernels [in, out], with the query/key/value kernels split per head ([in, heads, head_size]) and
 the attention-output kernel [heads, head_size, out], as the TF2 Model Garden does. The head split
-is a plain row-major reshape (feature index = head * head_size + k) in every reference.
+is a plain row-major reshape (feature index = head * head_size + k) in every reference. The
+transforms are those of `mapping`: "transpose" for a linear weight, "heads_last_transposed" and
+"heads_last" for a query/key/value weight and bias, "heads_first_transposed" for the
+attention-output weight.
 
 The table is the only place that knows transformers' names: the importer and the exporter both
 walk it, so a tensor can neither be forgotten on the way in nor on the way out.
@@ -11,16 +14,14 @@ walk it, so a tensor can neither be forgotten on the way in nor on the way out.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
-
-import numpy as np
-
 from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.weights.mapping import TensorMapping, Transform
 
-Transform = Literal[
-  "copy", "linear", "linear_to_heads", "bias_to_heads", "linear_from_heads", "transpose"
-]
+# Re-exported for the callers that walk this table themselves (the parity tests' and the
+# benchmarks' weight copies).
+from mobilebert_jax.weights.mapping import their_shape as their_shape
+from mobilebert_jax.weights.mapping import to_ours as to_ours
+from mobilebert_jax.weights.mapping import to_theirs as to_theirs
 
 # transformers' `base_model_prefix`: the encoder's scope in every class but `MobileBertModel`.
 BASE_MODEL_PREFIX = "mobilebert."
@@ -38,69 +39,8 @@ _HAS_POOLER = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorMapping:
-  """One tensor: our path (tuple of keys), transformers' key, and how to convert.
-
-  Attributes:
-    ours: path in our parameter tree, e.g. ("mobilebert", "encoder", "layer_0", ...).
-    theirs: transformers state-dict key.
-    transform: "copy"; "linear" ([out, in] <-> [in, out]); "linear_to_heads" ([A*d, in] <->
-      [in, A, d]); "bias_to_heads" ([A*d] <-> [A, d]); "linear_from_heads" ([out, A*d] <->
-      [A, d, out]); "transpose" (2-D transpose).
-  """
-
-  ours: tuple[str, ...]
-  theirs: str
-  transform: Transform = "copy"
-
-
-def to_ours(array: np.ndarray, transform: Transform, our_shape: tuple[int, ...]) -> np.ndarray:
-  """Converts a transformers tensor to our layout.
-
-  Args:
-    array: the transformers tensor.
-    transform: see `TensorMapping`.
-    our_shape: the shape our parameter has (gives the head split).
-
-  Returns:
-    The tensor in our layout (a new contiguous array).
-  """
-  if transform == "copy":
-    return np.ascontiguousarray(array)
-  if transform in ("linear", "transpose"):
-    return np.ascontiguousarray(array.T)
-  if transform == "linear_to_heads":
-    return np.ascontiguousarray(array.T).reshape(our_shape)
-  if transform == "bias_to_heads":
-    return np.ascontiguousarray(array).reshape(our_shape)
-  if transform == "linear_from_heads":
-    return np.ascontiguousarray(array.T).reshape(our_shape)
-  raise ValueError(f"unknown transform {transform!r}")
-
-
-def to_theirs(array: np.ndarray, transform: Transform) -> np.ndarray:
-  """Converts one of our tensors to transformers' layout (inverse of `to_ours`)."""
-  if transform == "copy":
-    return np.ascontiguousarray(array)
-  if transform in ("linear", "transpose"):
-    return np.ascontiguousarray(array.T)
-  if transform == "linear_to_heads":  # [in, A, d] -> [A*d, in]
-    return np.ascontiguousarray(array.reshape(array.shape[0], -1).T)
-  if transform == "bias_to_heads":  # [A, d] -> [A*d]
-    return np.ascontiguousarray(array.reshape(-1))
-  if transform == "linear_from_heads":  # [A, d, out] -> [out, A*d]
-    return np.ascontiguousarray(array.reshape(-1, array.shape[-1]).T)
-  raise ValueError(f"unknown transform {transform!r}")
-
-
-def their_shape(our_shape: tuple[int, ...], transform: Transform) -> tuple[int, ...]:
-  """Shape transformers uses for a tensor of `our_shape`."""
-  return to_theirs(np.empty(our_shape, dtype=np.int8), transform).shape
-
-
 def _dense(
-  ours: tuple[str, ...], theirs: str, kernel: Transform = "linear", bias: Transform = "copy"
+  ours: tuple[str, ...], theirs: str, kernel: Transform = "transpose", bias: Transform = "copy"
 ) -> list[TensorMapping]:
   return [
     TensorMapping((*ours, "kernel"), f"{theirs}.weight", kernel),
@@ -131,11 +71,13 @@ def _block(config: MobileBertConfig, ours: tuple[str, ...], theirs: str) -> list
     table += _dense(
       (*ours, "attention", proj),
       f"{theirs}.attention.self.{proj}",
-      kernel="linear_to_heads",
-      bias="bias_to_heads",
+      kernel="heads_last_transposed",
+      bias="heads_last",
     )
   table += _dense(
-    (*ours, "attention", "output"), f"{theirs}.attention.output.dense", kernel="linear_from_heads"
+    (*ours, "attention", "output"),
+    f"{theirs}.attention.output.dense",
+    kernel="heads_first_transposed",
   )
   table += _norm((*ours, "attention", "norm"), f"{theirs}.attention.output.LayerNorm")
   last = config.num_feedforward_networks - 1

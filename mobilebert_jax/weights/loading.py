@@ -8,44 +8,18 @@ Loading is split in two so that every checkpoint format shares one merge step:
   against the parameter it claims to be, initialises what the source lacks, stacks the blocks
   for `scan_layers`, and reports what it did.
 
-Reader protocol
----------------
-A reader is an object with
-
-* `name: str`, the format's short name (shown in reports), e.g. "hf";
-* `accepts: str`, a phrase saying what sources it reads (used in "cannot read" errors);
-* `detect(source: str) -> bool`, a cheap test on the path or name alone (file names, markers
-  such as a `config.json` or a `.index` file). It never raises for a foreign source;
-* `open(source: str, *, revision: str | None) -> OpenedSource`, which resolves the files
-  (downloading them for a remote source; `revision` picks a version there and local readers
-  ignore it) and raises `FileNotFoundError` naming what it tried when they are not there.
-
-An `OpenedSource` has
-
-* `description: str`, what was opened (resolved paths or the remote id), for messages;
-* `format: str`, the format's name (a reader may tell sub-formats apart, e.g. "tf1"/"tf2");
-* `config_defaults: Mapping[str, Any]`, implementation switches the format implies (HF sets
-  `hf_layer_norm_eps_quirk=True`); the caller's keyword overrides win over them;
-* `config() -> MobileBertConfig | None`, the architecture stored with the weights, if any;
-* `read(config, model_class, shapes) -> SourceTensors`, the tensors for one target class:
-  `config` is the final config (always with `scan_layers=False`), `model_class` the name of
-  one of the eight classes, and `shapes` maps each of its parameter paths (unscanned, e.g.
-  `("mobilebert", "encoder", "layer_0", "attention", "query", "kernel")`) to the shape it
-  must have. The reader maps names with its own explicit table, converts layouts, and raises
-  `ValueError` naming the tensor and both shapes on a mismatch. Tensors the source lacks are
-  simply absent: the merge initialises them. Values keep the source's dtype; the merge casts.
-
-Readers register with `register_reader`; those registered with `fallback=True` (remote ids,
-which any string could look like) are asked only after every local reader declined.
+The reader protocol (what a format implements, and the `SourceTensors` it hands the merge) is
+in `mobilebert_jax.weights.protocol`. Readers register with `register_reader`; those registered
+with `fallback=True` (remote ids, which any string could look like) are asked only after every
+local reader declined.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,12 +30,12 @@ from flax import traverse_util
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.encoder import MobileBertModel
 from mobilebert_jax.model.models import MODEL_CLASSES, abstract_params, dummy_inputs
-from mobilebert_jax.weights import layout
+from mobilebert_jax.weights import hf, layout, tf_checkpoint, tfhub
+from mobilebert_jax.weights.protocol import Path, SourceTensors, WeightReader
 from mobilebert_jax.weights.report import LoadReport
 
 logger = logging.getLogger(__name__)
 
-Path = tuple[str, ...]
 PyTree = Any
 
 # Keyword arguments of `load_pretrained` that are not config overrides.
@@ -69,55 +43,8 @@ RESERVED_ARGUMENTS = ("config", "rng", "return_report", "revision")
 
 
 # ----------------------------------------------------------------------------------------------
-# The reader protocol and registry
+# The reader registry
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceTensors:
-  """What a reader hands the merge for one target model class.
-
-  Attributes:
-    tensors: our unscanned parameter path -> array, already in our layout and shape.
-    names: our path -> the source's own name of that tensor (for messages and reports).
-    unused: source tensor names no parameter of the target class takes.
-    ignored: source tensor names skipped on purpose (tied copies, buffers).
-    notes: remarks for the report (e.g. a tied copy that differs from its original).
-  """
-
-  tensors: Mapping[Path, np.ndarray]
-  names: Mapping[Path, str]
-  unused: tuple[str, ...] = ()
-  ignored: tuple[str, ...] = ()
-  notes: tuple[str, ...] = ()
-
-
-@runtime_checkable
-class OpenedSource(Protocol):
-  """A source a reader has resolved; see the module docstring."""
-
-  description: str
-  format: str
-  config_defaults: Mapping[str, Any]
-
-  def config(self) -> MobileBertConfig | None: ...
-
-  def read(
-    self, config: MobileBertConfig, model_class: str, shapes: Mapping[Path, tuple[int, ...]]
-  ) -> SourceTensors: ...
-
-
-@runtime_checkable
-class WeightReader(Protocol):
-  """A checkpoint format; see the module docstring."""
-
-  name: str
-  accepts: str
-
-  def detect(self, source: str) -> bool: ...
-
-  def open(self, source: str, *, revision: str | None = None) -> OpenedSource: ...
-
 
 _READERS: list[WeightReader] = []
 _FALLBACK_READERS: list[WeightReader] = []
@@ -127,7 +54,7 @@ def register_reader(reader: WeightReader, *, fallback: bool = False) -> None:
   """Adds a checkpoint reader (replacing a registered one of the same name).
 
   Args:
-    reader: an object following the reader protocol (module docstring).
+    reader: an object following the reader protocol (see `protocol`).
     fallback: ask this reader only after every other one declined (for remote ids).
   """
   if not isinstance(reader, WeightReader):
@@ -281,18 +208,8 @@ def _apply_overrides(
   config: MobileBertConfig, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
 ) -> MobileBertConfig:
   """Applies the format's implied switches, then the caller's overrides (which win)."""
-  changes = {**defaults, **overrides}
-  if (
-    "num_labels" in overrides
-    and "id2label" not in overrides
-    and config.id2label is not None
-    and len(config.id2label) != overrides["num_labels"]
-  ):
-    # The stored label names describe the old head; a new label count makes new names, as in
-    # transformers.
-    changes["id2label"] = None
   try:
-    return config.replace(**changes)
+    return config.replace(**defaults).with_overrides(**overrides)
   except ValueError as e:
     reserved = ", ".join(RESERVED_ARGUMENTS)
     raise ValueError(
@@ -404,8 +321,6 @@ def save_pretrained(directory: str | os.PathLike[str], module: nn.Module, params
     TypeError: `module` is not a MobileBERT model class.
     ValueError: `params` does not fit `module` (missing, extra or misshapen parameters).
   """
-  from mobilebert_jax.weights import hf  # Deferred: `hf` imports this module.
-
   class_name = canonical_class_name(type(module))
   config: MobileBertConfig = module.config
   params = _plain_tree(params)
@@ -454,3 +369,13 @@ def _check_tree(
     problems.append("wrong shapes: " + "; ".join(wrong[:10]))
   if problems:
     raise ValueError(f"params do not fit {class_name} with this config: " + ", ".join(problems))
+
+
+# Local formats first; hub ids only when no local reader recognises the source. The TF readers
+# go before the HF one: they recognise a source by its `.index` or `saved_model.pb` file, while
+# the HF reader takes any directory with a `config.json`, which a TF checkpoint may have too.
+# Neither imports TensorFlow until a TF source is opened.
+register_reader(tf_checkpoint.TfCheckpointReader())
+register_reader(tfhub.TfHubReader())
+register_reader(hf.HfReader())
+register_reader(hf.HfHubReader(), fallback=True)

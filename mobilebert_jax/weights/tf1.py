@@ -20,12 +20,11 @@ from typing import Any
 
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights import tf1_names
-from mobilebert_jax.weights.loading import Path, SourceTensors
+from mobilebert_jax.weights.mapping import SourceVariable, map_variables
+from mobilebert_jax.weights.protocol import Path, SourceTensors
 from mobilebert_jax.weights.tf_common import (
   TF_CONFIG_DEFAULTS,
-  SourceVariable,
   config_beside,
-  map_variables,
 )
 
 
@@ -40,7 +39,7 @@ def looks_like_tf1(names: Mapping[str, Any]) -> bool:
 
 
 class Tf1Source:
-  """An opened TF1 name-based checkpoint (see `OpenedSource` in `loading`).
+  """An opened TF1 name-based checkpoint (see `OpenedSource` in `protocol`).
 
   Args:
     prefix: the checkpoint prefix.

@@ -16,8 +16,8 @@ describes the original BERT checkpoints (`bert_model.ckpt`).
 from __future__ import annotations
 
 from mobilebert_jax.model.config import MobileBertConfig
-from mobilebert_jax.weights.loading import Path
-from mobilebert_jax.weights.tf_common import TensorMapping
+from mobilebert_jax.weights.mapping import TensorMapping, Transform
+from mobilebert_jax.weights.protocol import Path
 
 ENCODER_SCOPE = "bert"
 
@@ -28,7 +28,7 @@ def norm_scope(config: MobileBertConfig) -> str:
 
 
 def _dense(
-  ours: Path, theirs: str, kernel: str = "copy", bias: str = "copy"
+  ours: Path, theirs: str, kernel: Transform = "copy", bias: Transform = "copy"
 ) -> list[TensorMapping]:
   return [
     TensorMapping((*ours, "kernel"), f"{theirs}/kernel", kernel),

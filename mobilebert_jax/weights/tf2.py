@@ -20,12 +20,11 @@ from typing import Any
 
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights import tf2_names
-from mobilebert_jax.weights.loading import Path, SourceTensors
+from mobilebert_jax.weights.mapping import SourceVariable, map_variables
+from mobilebert_jax.weights.protocol import Path, SourceTensors
 from mobilebert_jax.weights.tf_common import (
   TF_CONFIG_DEFAULTS,
-  SourceVariable,
   config_beside,
-  map_variables,
 )
 
 
@@ -56,7 +55,7 @@ class _Tf2Checkpoint:
 
 
 class Tf2ObjectSource(_Tf2Checkpoint):
-  """An opened object-based TF2 checkpoint (see `OpenedSource` in `loading`)."""
+  """An opened object-based TF2 checkpoint (see `OpenedSource` in `protocol`)."""
 
   format = "tf2"
 
@@ -96,7 +95,7 @@ class Tf2ObjectSource(_Tf2Checkpoint):
 
 
 class Tf2NamedSource(_Tf2Checkpoint):
-  """An opened name-based checkpoint with TF2 variable names (see `OpenedSource`)."""
+  """An opened name-based checkpoint with TF2 variable names (see `OpenedSource` in `protocol`)."""
 
   format = "tf2-names"
 

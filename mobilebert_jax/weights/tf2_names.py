@@ -24,8 +24,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 from mobilebert_jax.model.config import MobileBertConfig
-from mobilebert_jax.weights.loading import Path
-from mobilebert_jax.weights.tf_common import TensorMapping
+from mobilebert_jax.weights.mapping import TensorMapping
+from mobilebert_jax.weights.protocol import Path
 
 # ----------------------------------------------------------------------------------------------
 # Object keys (`tf.train.Checkpoint`)

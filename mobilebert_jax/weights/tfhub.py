@@ -20,19 +20,18 @@ import numpy as np
 
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.weights import tf2_names
-from mobilebert_jax.weights.loading import Path, SourceTensors
+from mobilebert_jax.weights.mapping import SourceVariable, map_variables
+from mobilebert_jax.weights.protocol import Path, SourceTensors
 from mobilebert_jax.weights.tf_common import (
   TF_CONFIG_DEFAULTS,
-  SourceVariable,
   config_beside,
   import_tensorflow,
   is_saved_model_dir,
-  map_variables,
 )
 
 
 class TfHubSource:
-  """An opened TF-Hub SavedModel (see `OpenedSource` in `loading`)."""
+  """An opened TF-Hub SavedModel (see `OpenedSource` in `protocol`)."""
 
   format = "tf-hub"
   config_defaults: Mapping[str, Any] = TF_CONFIG_DEFAULTS
@@ -105,7 +104,7 @@ def _reader(variable: Any):
 
 
 class TfHubReader:
-  """TF-Hub SavedModel directories of the MobileBERT encoder (a `WeightReader`, see `loading`)."""
+  """TF-Hub SavedModel directories of the MobileBERT encoder (a `WeightReader`, see `protocol`)."""
 
   name = "tf-hub"
   accepts = (
