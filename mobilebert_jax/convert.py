@@ -11,14 +11,15 @@ JSON files in whichever dialect they are written; `params.yaml` as a Model Garde
 `--set` changes config fields, e.g. `--set num_labels=3` or `--set vocab_size=119547`.
 
 The command prints what was loaded, initialised and left unused, and the largest |value| of the
-word-embedding [PAD] row (pitfall P3: a non-zero row makes outputs depend on the padded length).
+word-embedding [PAD] row (docs/pitfalls.md P3: a non-zero row makes outputs depend on the
+padded length).
 
 `--to=orbax` (default) writes a params-only checkpoint: step 0 of a
 `checkpointing.CheckpointManager` directory whose state is `{"params": ...}` and whose metadata
 records the model config, so that `checkpointing.load_params_from_checkpoint(DST,
 abstract_params)` reads it (e.g. as `--init_from`).
 `--to=hf` writes `config.json` + `model.safetensors`, which transformers' `MobileBert*` classes
-load (transformers cannot build the IB-BERT teacher, pitfall P10).
+load (transformers cannot build the IB-BERT teacher, docs/pitfalls.md P10).
 """
 
 from __future__ import annotations

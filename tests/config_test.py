@@ -1,9 +1,9 @@
 """`MobileBertConfig`: presets, the three JSON dialects, round trips and clear errors.
 
 `testdata/tf1_configs/` holds the four original google-research `bert_config.json` files with
-exactly their keys (spec 2.1). The TINY and teacher files leave keys out, and the TF1 and
-transformers config classes fill them with different defaults (pitfall P7), so a reader must be
-told, or must recognise, which dialect it reads.
+exactly their keys (docs/model.md §config-files). The TINY and teacher files leave keys out, and the
+TF1 and transformers config classes fill them with different defaults (docs/pitfalls.md P7), so a
+reader must be told, or must recognise, which dialect it reads.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def differing_fields(a: MobileBertConfig, b: MobileBertConfig) -> dict[str, tupl
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets (spec 2.1)
+# Presets (docs/model.md §presets)
 # ----------------------------------------------------------------------------------------------
 
-# The columns of spec 2.1 that all student presets share.
+# The columns of docs/model.md §config that all student presets share.
 _STUDENT = dict(
   vocab_size=30522,
   embedding_size=128,
@@ -95,7 +95,7 @@ PRESET_FIELDS = {
   "ibbert-large": dict(
     _STUDENT,
     intermediate_size=4096,
-    hidden_act="gelu_new",  # the TF code's "gelu" is the tanh form (P9)
+    hidden_act="gelu_new",  # the TF code's "gelu" is the tanh form (docs/pitfalls.md P9)
     hidden_dropout_prob=0.1,
     intra_bottleneck_size=1024,
     use_bottleneck_attention=False,
@@ -152,7 +152,8 @@ def test_derived_sizes():
 
 def test_class_defaults_are_transformers_defaults():
   """`MobileBertConfig()` is transformers' `MobileBertConfig()`: the released student except
-  classifier_activation=True (P6), so building it by hand adds a pooler the checkpoint lacks."""
+  classifier_activation=True (docs/pitfalls.md P6), so building it by hand adds a pooler the
+  checkpoint lacks."""
   ours = MobileBertConfig()
   theirs = transformers.MobileBertConfig()
   for field in dataclasses.fields(ours):
@@ -200,8 +201,8 @@ def test_tf1_reader_maps_gelu_to_the_tanh_form():
 
 
 def test_teacher_file_read_with_the_wrong_defaults_is_another_model():
-  """P7: the teacher file omits normalization_type, num_feedforward_networks, ... and
-  transformers' defaults for them are the student's."""
+  """docs/pitfalls.md P7: the teacher file omits normalization_type, num_feedforward_networks, ...
+  and transformers' defaults for them are the student's."""
   as_tf1 = MobileBertConfig.from_json_file(TEACHER_FILE, source="tf1")
   as_hf = MobileBertConfig.from_json_file(TEACHER_FILE, source="hf")
   assert differing_fields(as_tf1, as_hf) == {
@@ -256,7 +257,7 @@ def _hf_kwargs(config: MobileBertConfig) -> dict:
 
 
 def test_reads_the_released_hub_config():
-  """The hub's google/mobilebert-uncased config.json (spec 2.1 [HUB]), as an older
+  """The hub's google/mobilebert-uncased config.json (docs/model.md §hub-config), as an older
   transformers wrote it."""
   hub = {
     "architectures": ["MobileBertForPreTraining"],
@@ -287,7 +288,7 @@ def test_reads_the_released_hub_config():
     "vocab_size": 30522,
   }
   assert MobileBertConfig.from_dict(hub) == MobileBertConfig.from_preset("mobilebert-uncased")
-  # A minimal config.json gets transformers' defaults, pooler included (P6).
+  # A minimal config.json gets transformers' defaults, pooler included (docs/pitfalls.md P6).
   assert MobileBertConfig.from_dict({"model_type": "mobilebert"}) == MobileBertConfig()
 
 

@@ -6,18 +6,18 @@ models on a right-padded two-segment batch, and requires max|ours - ref| <= 1e-5
 every output tensor: last hidden state, pooled output, every hidden state, every attention map
 and every logit.
 
-The configs cover the three ways a block can feed attention (spec 3.2):
+The configs cover the three ways a block can feed attention (docs/model.md §attention-inputs):
   * shared key/query bottleneck (the released student),
   * queries, keys and values from the input bottleneck (MobileBERT_TINY),
   * neither, i.e. queries, keys and values from the 512-d block input (the IB-BERT teacher).
     transformers sizes the query/key kernels with `true_hidden_size` but feeds them the block
-    input (pitfall P10), so it can build this path only when intra_bottleneck_size equals
+    input (docs/pitfalls.md P10), so it can build this path only when intra_bottleneck_size equals
     hidden_size; it is compared here in that case. The teacher's real shape (b != H) cannot be
     compared against transformers; `test_transformers_cannot_build_the_teacher_path` pins that
     down; the TF2 Model Garden reference covers it (`weights_tf2_test.py`).
 and the plain-BERT path (use_bottleneck=False), NoNorm and LayerNorm (LayerNorm with the
-`hf_layer_norm_eps_quirk`, pitfall P8), relu/relu6/gelu/gelu_new, F = 1..4, and pooled outputs
-with and without `classifier_activation`.
+`hf_layer_norm_eps_quirk`, docs/pitfalls.md P8), relu/relu6/gelu/gelu_new, F = 1..4, and pooled
+outputs with and without `classifier_activation`.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_pooled_output_with_and_without_classifier_activation(classifier_activat
     assert "pooler" in params
     assert np.max(np.abs(np.asarray(ours.pooler_output))) <= 1.0  # tanh
   else:
-    assert "pooler" not in params  # the released model has no pooler dense (pitfall P6)
+    assert "pooler" not in params  # the released model has no pooler dense (docs/pitfalls.md P6)
     np.testing.assert_array_equal(np.asarray(ours.pooler_output), first_token)
 
 
@@ -183,7 +183,8 @@ def test_multiple_choice_scores_every_choice():
 
 
 def test_layer_norm_eps_quirk_is_what_transformers_does():
-  """transformers' embedding LayerNorm and last FFN-output LayerNorm use eps 1e-5 (P8).
+  """transformers' embedding LayerNorm and last FFN-output LayerNorm use eps 1e-5
+  (docs/pitfalls.md P8).
 
   With unit-variance inputs the two epsilons differ by ~1e-5 relative, too little to see, so
   the embedding tables and projection are scaled down until the embedding LayerNorm's input
@@ -210,7 +211,8 @@ def test_layer_norm_eps_quirk_is_what_transformers_does():
 
 
 def test_transformers_cannot_build_the_teacher_path():
-  """P10: with b != H and neither attention flag, transformers' query kernel has the wrong width.
+  """docs/pitfalls.md P10: with b != H and neither attention flag, transformers' query kernel has
+  the wrong width.
 
   Our model runs it (and `weights_tf2_test.py` checks its numbers against TF2). If a future
   transformers release fixes this, this test fails and the case should join the matrix above.
@@ -233,8 +235,8 @@ def test_transformers_cannot_build_the_teacher_path():
 
 
 def test_released_configuration_pretraining_model():
-  """google/mobilebert-uncased's architecture (spec 2.1), random weights: 25 hidden states,
-  24 attention maps, MLM and NSP logits.
+  """google/mobilebert-uncased's architecture (docs/model.md §presets), random weights: 25 hidden
+  states, 24 attention maps, MLM and NSP logits.
 
   The transformers model is also run in float64, which tells whether the comparison is well
   conditioned: fp32 transformers must itself be within the tolerance of fp64, and we must be as

@@ -2,7 +2,7 @@
 
 Parameter counts and golden parameter shapes, the equivalence of the implementation switches
 (`scan_layers`, `remat_policy`), dropout placement, input validation, the padding-invariant
-trigram (pitfall P3) and the TF1 "-6" attention mask (pitfall P5).
+trigram (docs/pitfalls.md P3) and the TF1 "-6" attention mask (docs/pitfalls.md P5).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ TESTDATA = pathlib.Path(__file__).parent / "testdata"
 # Set to 1 to rewrite the golden parameter-shape files after an intended change.
 REGENERATE_ENV = "MOBILEBERT_JAX_REGENERATE_GOLDEN"
 
-# The house tiny config (jax_style_anchors 13.6), with every optional part switched on.
+# The house tiny config (docs/testing.md §tiny-config), with every optional part switched on.
 TINY = MobileBertConfig(
   vocab_size=128,
   embedding_size=16,
@@ -117,7 +117,7 @@ def batch(config: MobileBertConfig, batch_size: int = 2, length: int = 10, seed:
   ],
 )
 def test_parameter_counts_match_spec(preset: str, model: str, expected: int):
-  """Spec 2.3, counted from abstract shapes (nothing is allocated)."""
+  """docs/model.md §parameter-counts, counted from abstract shapes (nothing is allocated)."""
   config = MobileBertConfig.from_preset(preset)
   if model == "MobileBertModel-no-pooler":
     module = MobileBertModel(config, add_pooling_layer=False)
@@ -333,7 +333,8 @@ def dropout_sites(
 
 
 def test_released_model_only_drops_attention_probabilities():
-  """Spec 3.6: in the released config every dropout but the attention one has rate 0."""
+  """docs/model.md §dropout: in the released config every dropout but the attention one has
+  rate 0."""
   config = MobileBertConfig.from_preset("mobilebert-uncased")
   module = MobileBertForSequenceClassification(config)
   params = random_params(module)
@@ -367,7 +368,7 @@ def test_released_model_only_drops_attention_probabilities():
 
 @pytest.mark.parametrize("use_bottleneck", [False, True])
 def test_dropout_sites_follow_the_references(use_bottleneck: bool):
-  """Spec 3.6 with hidden dropout on. Plain path: embeddings, attention probabilities,
+  """docs/model.md §dropout with hidden dropout on. Plain path: embeddings, attention probabilities,
   attention output, the last FFN's output, classifier. Bottleneck path: embeddings, attention
   probabilities, output bottleneck, classifier; never the attention output or any FFN.
   """
@@ -510,7 +511,7 @@ def test_out_of_range_ids_under_jit_give_nan_not_a_clamp(tiny_model, bad: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Padding and the trigram (pitfall P3)
+# Padding and the trigram (docs/pitfalls.md P3)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -547,7 +548,7 @@ def test_padding_invariant_trigram(invariant: bool):
 
 
 # ----------------------------------------------------------------------------------------------
-# The TF1 "-6" mask (pitfall P5), against a NumPy block
+# The TF1 "-6" mask (docs/pitfalls.md P5), against a NumPy block
 # ----------------------------------------------------------------------------------------------
 
 

@@ -240,7 +240,7 @@ def make_batch(
 
   Example 0 is unpadded; the others end after a random number (at least 3) of real tokens and
   carry the [PAD] id 0 (whose embedding row is random in a randomised model, so padding is
-  visible through the trigram, pitfall P3). Token type 1 starts half way through the real
+  visible through the trigram, docs/pitfalls.md P3). Token type 1 starts half way through the real
   tokens; padded positions have type 0, as tokenizers produce. Real tokens avoid id 0.
 
   Args:

@@ -1,7 +1,7 @@
 """TensorFlow references for the TF importer tests: Model Garden models and TF1 checkpoints.
 
-Everything here is written from the spec, not from the importer, so that a test compares two
-independent readings of the same facts:
+Everything here is written from docs/references.md and docs/model.md, not from the importer, so that
+a test compares two independent readings of the same facts:
 
 * `build_tf2_pretrainer` builds what the Model Garden MobileBERT project builds
   (`official/projects/mobilebert/model_utils.create_mobilebert_pretrainer`: MobileBERTEncoder +
@@ -9,10 +9,11 @@ independent readings of the same facts:
   variable a random value (biases, NoNorm and LayerNorm gamma/beta included: the default
   initialisation hides mapping errors). `save_tf2_checkpoint` writes it the ways TF2 code does.
 * `tf1_tensors_from_hf` and `tf1_tensors_from_tf2` spell out the original TF1 variable names and
-  shapes (spec 6.1) and fill them from a reference model with their own transforms (spec 6.4
-  from transformers' PyTorch state dict, spec 6.3 from the Model Garden's variable names);
-  `write_tf1_checkpoint` saves them with `tf.compat.v1.train.Saver`, optimizer slots and
-  `global_step` included, as a TF1 training run leaves them.
+  shapes (docs/references.md §tf1-names) and fill them from a reference model with their own
+  transforms (docs/references.md §hf-names from transformers' PyTorch state dict,
+  docs/references.md §tf1-to-tf2 from the Model Garden's variable names); `write_tf1_checkpoint`
+  saves them with `tf.compat.v1.train.Saver`, optimizer slots and `global_step` included, as a TF1
+  training run leaves them.
 
 Model outputs are compared with `relative_error` (max|ours - ref| / max|ref|, the project's
 parity metric, which must stay <= 1e-5).
@@ -48,7 +49,7 @@ if not hasattr(model_utils, "tf_keras"):
 
 
 # ----------------------------------------------------------------------------------------------
-# Configurations: the google-research `bert_config.json` files (spec 2.1, [TF1-CFG])
+# Configurations: the google-research `bert_config.json` files (docs/model.md §config-files)
 # ----------------------------------------------------------------------------------------------
 
 # The four files, with exactly their original keys, are the fixtures `config_test.py` reads too.
@@ -66,7 +67,7 @@ TINY = _tf1_config("uncased_L-24_H-128_B-512_A-4_F-2_tiny_OPT.json")
 # classifier_activation are absent and take the TF1 defaults (layer_norm, False, 1, True).
 TEACHER = _tf1_config("uncased_L-24_H-1024_B-512_A-4.json")
 
-# The TF1 `BertConfig` defaults, for keys a config file leaves out (spec 2.1, pitfall P7).
+# The TF1 `BertConfig` defaults, for keys a config file leaves out (docs/pitfalls.md P7).
 TF1_DEFAULTS = {
   "hidden_act": "gelu",
   "embedding_size": None,
@@ -281,7 +282,7 @@ def export_tf_hub(tf1_config: Mapping[str, Any], directory: str, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------------------
-# TF1 checkpoints, named from spec 6.1
+# TF1 checkpoints, named from docs/references.md §tf1-names
 # ----------------------------------------------------------------------------------------------
 
 
@@ -292,7 +293,7 @@ def _norm_scope(cfg: Mapping[str, Any]) -> str:
 def tf1_expected_shapes(
   tf1_config: Mapping[str, Any], heads: Iterable[str] = ()
 ) -> dict[str, tuple]:
-  """The variable names and shapes of a TF1 MobileBERT checkpoint (spec 6.1, [TF1] scopes).
+  """The variable names and shapes of a TF1 MobileBERT checkpoint (docs/references.md §tf1-names).
 
   Args:
     tf1_config: the `bert_config.json` dict.
@@ -380,15 +381,15 @@ def tf1_expected_shapes(
 
 
 def tf1_tensors_from_hf(model, tf1_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The TF1 checkpoint of a transformers MobileBERT (spec 6.4 read backwards).
+  """The TF1 checkpoint of a transformers MobileBERT (docs/references.md §hf-names read backwards).
 
   transformers' linear weights are [out, in]; TF1 dense kernels are [in, out] (transposed),
   while the TF1 heads made with `tf.get_variable` (`output_weights`) are [out, in] like torch.
   The MLM `cls.predictions.dense.weight` [H-E, V] is TF1's `extra_output_weights` [V, H-E].
 
   Raises:
-    AssertionError: a state-dict entry left unconverted, or a name or shape other than spec
-      6.1's (`tf1_expected_shapes`).
+    AssertionError: a state-dict entry left unconverted, or a name or shape other than those of
+      docs/references.md §tf1-names (`tf1_expected_shapes`).
   """
   cfg = resolved(tf1_config)
   x = _norm_scope(cfg)
@@ -468,11 +469,14 @@ def tf1_tensors_from_hf(model, tf1_config: Mapping[str, Any]) -> dict[str, np.nd
 def _check_against_spec(tensors: Mapping[str, np.ndarray], tf1_config, heads) -> None:
   expected = tf1_expected_shapes(tf1_config, heads)
   assert set(tensors) == set(expected), (
-    f"names differ from spec 6.1: extra {sorted(set(tensors) - set(expected))[:5]}, missing "
+    "names differ from docs/references.md §tf1-names: extra "
+    f"{sorted(set(tensors) - set(expected))[:5]}, missing "
     f"{sorted(set(expected) - set(tensors))[:5]}"
   )
   wrong = {k: (v.shape, expected[k]) for k, v in tensors.items() if v.shape != expected[k]}
-  assert not wrong, f"shapes differ from spec 6.1: {dict(list(wrong.items())[:5])}"
+  assert not wrong, (
+    f"shapes differ from docs/references.md §tf1-names: {dict(list(wrong.items())[:5])}"
+  )
 
 
 def tf2_variables(model) -> dict[str, np.ndarray]:
@@ -487,14 +491,16 @@ def tf2_variables(model) -> dict[str, np.ndarray]:
 
 
 def tf1_tensors_from_tf2(pretrainer, tf1_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The TF1 checkpoint of a Model Garden pretrainer (spec 6.3's renaming read backwards).
+  """The TF1 checkpoint of a Model Garden pretrainer (the renaming of
+  docs/references.md §tf1-to-tf2, read backwards).
 
   TF2 keeps query/key/value kernels [in, A, d] and biases [A, d], and the attention-output
   kernel [A, d, out]; TF1 flattens the head axes ([in, A*d], [A*d], [A*d, out]). The TF2
   pretrainer has no NSP head, so none is written.
 
   Raises:
-    AssertionError: a TF2 variable left unconverted, or a name or shape other than spec 6.1's.
+    AssertionError: a TF2 variable left unconverted, or a name or shape other than those of
+      docs/references.md §tf1-names.
   """
   cfg = resolved(tf1_config)
   x = _norm_scope(cfg)
@@ -553,12 +559,15 @@ def tf1_tensors_from_tf2(pretrainer, tf1_config: Mapping[str, Any]) -> dict[str,
   take(f"{mlm}/output_bias/bias", "cls/predictions/output_bias")
   left = sorted(set(variables) - used)
   assert not left, f"TF2 variables without a TF1 name: {left}"
-  # Spec 6.1 with the pretraining heads but no NSP (the TF2 pretrainer has none).
+  # docs/references.md §tf1-names with the pretraining heads but no NSP (the TF2 pretrainer
+  # has none).
   expected = tf1_expected_shapes(tf1_config, ["pretraining"])
   expected = {k: v for k, v in expected.items() if not k.startswith("cls/seq_relationship")}
   assert set(out) == set(expected), sorted(set(out) ^ set(expected))[:6]
   wrong = {k: (v.shape, expected[k]) for k, v in out.items() if v.shape != expected[k]}
-  assert not wrong, f"shapes differ from spec 6.1: {dict(list(wrong.items())[:5])}"
+  assert not wrong, (
+    f"shapes differ from docs/references.md §tf1-names: {dict(list(wrong.items())[:5])}"
+  )
   return out
 
 

@@ -57,7 +57,8 @@ SMALL = MobileBertConfig(
   num_labels=3,
   classifier_activation=True,
 )
-# The "w/o OPT" flavour: LayerNorm everywhere, where transformers' eps quirk (P8) shows.
+# The "w/o OPT" flavour: LayerNorm everywhere, where transformers' eps quirk
+# (docs/pitfalls.md P8) shows.
 LAYER_NORM = SMALL.replace(normalization_type="layer_norm", hidden_act="gelu")
 # The TINY attention layout: queries, keys and values from the input bottleneck.
 BOTTLENECK_ATTENTION = SMALL.replace(
@@ -266,7 +267,8 @@ def test_layer_norm_config_matches_transformers_with_eps_quirk(checkpoint, class
   inputs = batch(class_name, SMALL.vocab_size)
   assert_parity(run_ours(module, params, inputs), run_theirs(model, inputs))
 
-  # The caller's override wins, and then transformers' eps 1e-5 in two norms shows (P8).
+  # The caller's override wins, and then transformers' eps 1e-5 in two norms shows
+  # (docs/pitfalls.md P8).
   module, params = load_pretrained(
     directory, MODEL_CLASSES[class_name], hf_layer_norm_eps_quirk=False
   )
@@ -549,11 +551,11 @@ def test_export_warns_about_layer_norm_eps(tmp_path, caplog):
 
 
 def test_export_refuses_what_transformers_cannot_build(tmp_path):
-  # Bottlenecks without either attention flag: the IB-BERT teacher's layout (pitfall P10).
+  # Bottlenecks without either attention flag: the IB-BERT teacher's layout (docs/pitfalls.md P10).
   teacher_like = SMALL.replace(key_query_shared_bottleneck=False)
   cls = MODEL_CLASSES["MobileBertModel"]
   params = random_params(cls(teacher_like), seed=0)
-  with pytest.raises(ValueError, match=r"cannot build this architecture \(pitfall P10\)"):
+  with pytest.raises(ValueError, match=r"cannot build this architecture \(docs/pitfalls.md P10\)"):
     save_pretrained(tmp_path / "out", cls(teacher_like), params)
   assert not (tmp_path / "out").exists()
 

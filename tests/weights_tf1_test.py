@@ -1,14 +1,16 @@
 """`load_pretrained` on original TF1 (google-research) name-based checkpoints.
 
 The checkpoints are written by the test with `tf.compat.v1.train.Saver` under the variable names
-and shapes of spec 6.1, optimizer slots (`adam_m`, `adam_v`) and `global_step` included. Their
-values come from a reference model through the test helper's own transforms, never through the
-importer's table:
+and shapes of docs/references.md §tf1-names, optimizer slots (`adam_m`, `adam_v`) and `global_step`
+included. Their values come from a reference model through the test helper's own transforms, never
+through the importer's table:
 
 * released student, MobileBERT_TINY, QAT, SQuAD and classifier heads: from a randomised
-  transformers PyTorch model (spec 6.4 backwards); our import must reproduce that model;
-* the IB-BERT teacher, which transformers cannot build (pitfall P10): from a randomised TF2
-  Model Garden teacher (spec 6.3 backwards); our import must reproduce the Model Garden.
+  transformers PyTorch model (docs/references.md §hf-names backwards); our import must reproduce
+  that model;
+* the IB-BERT teacher, which transformers cannot build (docs/pitfalls.md P10): from a randomised TF2
+  Model Garden teacher (docs/references.md §tf1-to-tf2 backwards); our import must reproduce the
+  Model Garden.
 
 Parity: max|ours - ref| <= 1e-5 * max|ref| on every output tensor.
 """

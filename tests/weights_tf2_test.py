@@ -138,7 +138,8 @@ def test_any_vocabulary_size(tmp_path):
 
 def test_pretrainer_into_each_class_reports_what_is_missing(released, tmp_path):
   prefix = released.save(tmp_path)
-  # No NSP head in a TF2 pretrainer (pitfall P13): it is initialised, everything else loads.
+  # No NSP head in a TF2 pretrainer (docs/pitfalls.md P13): it is initialised, everything
+  # else loads.
   _, _, report = load(prefix, MobileBertForPreTraining)
   assert report.format == "tf2"
   assert set(report.initialized) == {"cls/seq_relationship/kernel", "cls/seq_relationship/bias"}

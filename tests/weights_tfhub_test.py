@@ -3,7 +3,7 @@
 The SavedModel is exported by the test as `official/projects/mobilebert/export_tfhub.py` exports
 it (the core encoder model with its dict signature, the `mlm` sub-model, `vocab_file` and
 `do_lower_case`), from a Model Garden pretrainer with every variable randomised. The reference
-outputs come from the reloaded SavedModel through the TF-Hub interface (spec 6.6).
+outputs come from the reloaded SavedModel through the TF-Hub interface (docs/references.md §tfhub).
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """bf16 numerics of the released MobileBERT: float32 against dtype="bfloat16" (params float32).
 
-The released checkpoint's residual stream reaches ~1e7 at [CLS] (spec §7, pitfall P1). Random
-weights do not reproduce that, so besides two random-weight settings this script builds
-*inflated* variants of the same network: the output-bottleneck NoNorm scales are multiplied by
-a ratio r per block, chosen so that the largest stream value after the last block is 2.5e7 (the
-released checkpoint's [CLS] value in spec §7), and the dense kernels that read the
-stream (next block's input/shared bottlenecks and value projection, the heads) are divided by
-the same factor, while the output-bottleneck dense is multiplied by the stream scale it adds
-to. In exact arithmetic the inflated network computes the same function with a stream that is
-larger by exactly c_l (per channel) after block l; without the compensation random weights turn
-a 1e7 stream into ~1e12 attention logits, a saturated regime where float32 itself is not
-reproducible, and a float32-vs-bf16 comparison would measure that chaos instead of bf16.
+The released checkpoint's residual stream reaches ~1e7 at [CLS]
+(docs/references.md §reference-numbers; docs/pitfalls.md P1). Random weights do not reproduce that,
+so besides two random-weight settings this script builds *inflated* variants of the same network:
+the output-bottleneck NoNorm scales are multiplied by a ratio r per block, chosen so that the
+largest stream value after the last block is 2.5e7 (the released checkpoint's [CLS] value in
+docs/references.md §reference-numbers), and the dense kernels that read the stream (next block's
+input/shared bottlenecks and value projection, the heads) are divided by the same factor, while the
+output-bottleneck dense is multiplied by the stream scale it adds to. In exact arithmetic the
+inflated network computes the same function with a stream that is larger by exactly c_l (per
+channel) after block l; without the compensation random weights turn a 1e7 stream into ~1e12
+attention logits, a saturated regime where float32 itself is not reproducible, and a float32-vs-bf16
+comparison would measure that chaos instead of bf16.
 
 Variants:
   init        the model's own initialiser (truncated normal 0.02, biases 0, NoNorm scale 1),

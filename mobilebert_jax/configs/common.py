@@ -127,7 +127,8 @@ def model_config(preset: str = "mobilebert-uncased", **fields) -> ml_collections
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:
-  """The fields every task shares, with the spec §9.1 fine-tuning defaults (AdamW, TF1 form)."""
+  """The fields every task shares, with the fine-tuning defaults of docs/training.md §fine-tuning
+  (AdamW, TF1 form)."""
   config = ml_collections.ConfigDict()
   config.task = task
   config.seed = 0

@@ -13,8 +13,8 @@ Expected score: the MobileBERT paper reports no CoNLL-2003 number. For scale, BE
 about 95 dev / 91-92 test entity F1 (conlleval) with this head; measure several seeds and record
 them in `experiments/`. Metrics here are fractions (0.95, not 95).
 
-Recipe: the GLUE settings of spec §9.1 (lr 5e-5, batch 32, 3 epochs, max_seq_length 128,
-warm-up 10%, AdamW), first-WordPiece labelling, dropout 0.1 before the classifier.
+Recipe: the GLUE settings of docs/training.md §glue (lr 5e-5, batch 32, 3 epochs, max_seq_length
+128, warm-up 10%, AdamW), first-WordPiece labelling, dropout 0.1 before the classifier.
 
 Variants: `size=tiny`.
 """

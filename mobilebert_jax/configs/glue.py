@@ -17,7 +17,7 @@ SST-2 92.8, MRPC 88.8, STS-B 84.4, QQP 70.2, MNLI-m/mm 83.3/82.6, QNLI 90.6, RTE
 paper searched hyper-parameters per task and the small tasks (CoLA, MRPC, RTE, STS-B) vary by
 about 3 points from run to run: report the mean and spread of several `--config.seed` values.
 
-Recipe (spec §9.1): lr 5e-5, batch 32, 3 epochs, max_seq_length 128, warm-up 10%, AdamW
+Recipe (docs/training.md §glue): lr 5e-5, batch 32, 3 epochs, max_seq_length 128, warm-up 10%, AdamW
 (weight decay 0.01, clip 1.0), dropout 0.1 before the classifier on the pooled first token.
 
 Variants: `task=cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli` (GLUE spellings such as `SST-2` work

@@ -18,7 +18,7 @@ F1 79.2 (MobileBERT_TINY: 81.4 / 88.6 and 74.4 / 77.1). The demo's small model, 
 scratch, reaches dev EM 71-80 / F1 74-82 (seeds 0-4: F1 82.3, 76.3, 76.9, 76.8, 73.6), where the
 untrained model scores F1 2-4; it takes about 1.5 minutes on two CPU cores (see `demo()`).
 
-Recipe (spec §9.1): lr 4e-5, batch 32, 5 epochs, max_seq_length 384, doc_stride 128,
+Recipe (docs/training.md §squad): lr 4e-5, batch 32, 5 epochs, max_seq_length 384, doc_stride 128,
 max_query_length 64, warm-up 10%, AdamW (weight decay 0.01, clip 1.0), n_best 20,
 max_answer_length 30, null_score_diff_threshold 0.0 (v2.0).
 

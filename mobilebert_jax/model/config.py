@@ -1,12 +1,13 @@
 """`MobileBertConfig`: the typed, frozen description of one MobileBERT architecture.
 
 Field names follow transformers' `MobileBertConfig` (which are also the keys of the original TF1
-`bert_config.json`). The two JSON dialects disagree on the defaults of keys they omit (spec pitfall
-P7): the TF1 `BertConfig` defaults describe a plain BERT (no trigram, no bottleneck, LayerNorm, 16
-token types, ...) while transformers' defaults describe the released MobileBERT student. A reader
-must therefore know which dialect it reads; `from_dict(..., source=...)` does, and guesses only
-from unambiguous markers when asked to. Each dialect's keys, defaults and markers are in
-`mobilebert_jax.weights.config_dialects`; this module keeps our own form.
+`bert_config.json`). The two JSON dialects disagree on the defaults of keys they omit
+(docs/pitfalls.md P7): the TF1 `BertConfig` defaults describe a plain BERT (no trigram, no
+bottleneck, LayerNorm, 16 token types, ...) while transformers' defaults describe the released
+MobileBERT student. A reader must therefore know which dialect it reads;
+`from_dict(..., source=...)` does, and guesses only from unambiguous markers when asked to. Each
+dialect's keys, defaults and markers are in `mobilebert_jax.weights.config_dialects`; this module
+keeps our own form.
 
 Besides the architecture, the config carries the few implementation switches of this port
 (`scan_layers`, `remat_policy`, `dtype`, `param_dtype`, ...). They never change the numbers of an
@@ -37,7 +38,7 @@ class MobileBertConfig:
 
   The defaults are transformers' defaults, i.e. the released `google/mobilebert-uncased`
   student except for `classifier_activation` (transformers defaults it to True, the released
-  model has no pooler dense: spec pitfall P6). Use `MobileBertConfig.from_preset(...)` for the
+  model has no pooler dense: docs/pitfalls.md P6). Use `MobileBertConfig.from_preset(...)` for the
   released architectures.
 
   Attributes:
@@ -55,7 +56,7 @@ class MobileBertConfig:
     type_vocab_size: number of segment ids.
     initializer_range: standard deviation of the truncated-normal initialiser.
     layer_norm_eps: epsilon of every LayerNorm (NoNorm has none).
-    pad_token_id: id of [PAD]; only recorded (the trigram sees the [PAD] row, pitfall P3).
+    pad_token_id: id of [PAD]; only recorded (the trigram sees the [PAD] row, docs/pitfalls.md P3).
     trigram_input: build each position's embedding from (next, current, previous) tokens.
     use_bottleneck: wrap every block in input/output bottlenecks (False: the plain BERT block).
     intra_bottleneck_size: intra-block width b when `use_bottleneck`.
@@ -74,14 +75,14 @@ class MobileBertConfig:
     id2label: optional label names as ((id, name), ...) pairs.
     hf_layer_norm_eps_quirk: reproduce transformers' PyTorch model exactly, whose embedding
       LayerNorm and final FFN-output LayerNorm ignore `layer_norm_eps` and use PyTorch's 1e-5
-      (pitfall P8). Only matters with `normalization_type="layer_norm"`. The TF references use
-      `layer_norm_eps` everywhere, which is the default here.
+      (docs/pitfalls.md P8). Only matters with `normalization_type="layer_norm"`. The TF references
+      use `layer_norm_eps` everywhere, which is the default here.
     masked_attention_logit: value that replaces the attention logits of masked keys. None
       (default) gives masked keys exactly zero probability, as transformers and the TF2 Model
-      Garden do; -6.0 reproduces the 2021 google-research TF1 code (pitfall P5).
+      Garden do; -6.0 reproduces the 2021 google-research TF1 code (docs/pitfalls.md P5).
     padding_invariant_trigram: zero the embeddings of padded positions before the trigram, so
       the last real token no longer sees the [PAD] row and outputs do not depend on the padded
-      length (pitfall P3). Off by default because the references do not do it.
+      length (docs/pitfalls.md P3). Off by default because the references do not do it.
     scan_layers: run the blocks with `nn.scan` (parameters stacked on a leading layer axis).
       Faster to compile; identical numbers.
     remat_policy: rematerialisation of each block in the backward pass: "none", "full",
@@ -214,7 +215,7 @@ class MobileBertConfig:
 
     Input bottleneck or shared bottleneck (b) when one feeds attention; otherwise the block
     input (H). The teacher (IB-BERT) takes the latter path, which transformers cannot build
-    (pitfall P10).
+    (docs/pitfalls.md P10).
     """
     if self.use_bottleneck and (self.use_bottleneck_attention or self.key_query_shared_bottleneck):
       return self.intra_bottleneck_size
@@ -440,7 +441,7 @@ def _normalise_id2label(value: Any) -> tuple[tuple[int, str], ...] | None:
   return pairs
 
 
-# The released architectures (spec section 2.1).
+# The released architectures (docs/model.md §presets).
 PRESETS: dict[str, MobileBertConfig] = {
   # google/mobilebert-uncased = uncased_L-24_H-128_B-512_A-4_F-4_OPT.
   "mobilebert-uncased": MobileBertConfig(classifier_activation=False),

@@ -1,12 +1,14 @@
 """The MobileBERT encoder: trigram embeddings, bottlenecked blocks, the block stack and pooler.
 
-The forward pass follows spec section 3 step by step. Block parameters are named after the TF2
-Model Garden layout (`bottleneck_input`, `kq_shared_bottleneck`, `attention`, `ffn_{f}`,
+The forward pass follows docs/model.md §forward step by step. Block parameters are named after the
+TF2 Model Garden layout (`bottleneck_input`, `kq_shared_bottleneck`, `attention`, `ffn_{f}`,
 `bottleneck_output`), with all F feed-forward networks numbered uniformly; the importers map the
 TF1 and transformers names onto it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -54,7 +56,7 @@ def trigram(embeddings: Array) -> Array:
   """Concatenates (next, current, previous) token embeddings along the feature axis.
 
   The "next" slot of the last position and the "previous" slot of the first position are zero
-  (spec 3.1 step 2, pitfall P4: this order is what all references use).
+  (docs/model.md §embeddings, step 2; docs/pitfalls.md P4: this order is what all references use).
 
   Args:
     embeddings: [batch, length, E].
@@ -162,7 +164,8 @@ class BottleneckLayer(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head attention, output projection and the normalised residual (spec 3.2 steps 3-7).
+  """Multi-head attention, output projection and the normalised residual
+  (docs/model.md §block, steps 3-7).
 
   Attributes:
     config: model config.
@@ -175,7 +178,7 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(
     self, query_input: Array, key_input: Array, value_input: Array, residual: Array, mask: Array
-  ) -> tuple[Array, Array]:
+  ) -> tuple[Array, Array, Array]:
     """Attends.
 
     Args:
@@ -187,7 +190,10 @@ class SelfAttention(nn.Module):
 
     Returns:
       ([batch, length, true_hidden_size] float32 output,
-       [batch, heads, length, length] float32 attention probabilities before dropout).
+       [batch, heads, length, length] float32 attention probabilities before dropout,
+       [batch, heads, length, length] float32 masked attention logits: the scaled scores with
+       masked keys replaced as `config.masked_attention_logit` says, exactly the softmax's
+       input, so `softmax(logits) == probs`). Unused outputs cost nothing under `jit`.
     """
     config = self.config
     heads, head_size = config.num_attention_heads, config.attention_head_size
@@ -203,6 +209,8 @@ class SelfAttention(nn.Module):
       fill = jnp.finfo(jnp.float32).min
     else:
       fill = jnp.float32(config.masked_attention_logit)
+    # The finite fill (not -inf) keeps log_softmax of the logits finite at masked keys, which
+    # attention transfer needs: there the teacher's probability is 0 and 0 * -inf would be NaN.
     scores = jnp.where(mask, scores, fill)
     probs = jax.nn.softmax(scores, axis=-1)
     dropped = nn.Dropout(config.attention_probs_dropout_prob)(
@@ -218,7 +226,7 @@ class SelfAttention(nn.Module):
     if not config.use_bottleneck:
       output = nn.Dropout(config.hidden_dropout_prob)(output, deterministic=self.deterministic)
     output = make_norm(config, width_axis, "norm")(output.astype(jnp.float32) + residual)
-    return output, probs
+    return output, probs, scores
 
 
 class FeedForward(nn.Module):
@@ -250,7 +258,8 @@ class FeedForward(nn.Module):
 
 
 class OutputBottleneck(nn.Module):
-  """Dense b -> H, dropout, normalised residual with the block input (spec 3.2 step 9)."""
+  """Dense b -> H, dropout, normalised residual with the block input
+  (docs/model.md §block, step 9)."""
 
   config: MobileBertConfig
   deterministic: bool = True
@@ -275,17 +284,19 @@ class MobileBertBlock(nn.Module):
     deterministic: disables dropout.
     output_hidden_states: also return this block's output as a per-layer output.
     output_attentions: also return this block's attention probabilities.
+    output_attention_logits: also return this block's masked pre-softmax attention logits.
   """
 
   config: MobileBertConfig
   deterministic: bool = True
   output_hidden_states: bool = False
   output_attentions: bool = False
+  output_attention_logits: bool = False
 
   @nn.compact
   def __call__(
     self, hidden_states: Array, mask: Array
-  ) -> tuple[Array, tuple[Array | None, Array | None]]:
+  ) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
     """Runs the block.
 
     Args:
@@ -295,7 +306,8 @@ class MobileBertBlock(nn.Module):
     Returns:
       (output [batch, length, hidden_size] float32,
        (the output again if `output_hidden_states` else None,
-        attention probabilities if `output_attentions` else None)).
+        attention probabilities [batch, heads, length, length] if `output_attentions` else None,
+        attention logits [batch, heads, length, length] if `output_attention_logits` else None)).
     """
     config = self.config
     x = hidden_states
@@ -312,7 +324,7 @@ class MobileBertBlock(nn.Module):
     else:
       query_input = key_input = value_input = layer_input = x
 
-    attention_output, probs = SelfAttention(config, self.deterministic, name="attention")(
+    attention_output, probs, logits = SelfAttention(config, self.deterministic, name="attention")(
       query_input, key_input, value_input, layer_input, mask
     )
     ffn_output = attention_output
@@ -327,6 +339,7 @@ class MobileBertBlock(nn.Module):
     return output, (
       output if self.output_hidden_states else None,
       probs if self.output_attentions else None,
+      logits if self.output_attention_logits else None,
     )
 
 
@@ -341,12 +354,53 @@ _REMAT_POLICIES = {
 }
 
 
+def resolve_num_blocks(config: MobileBertConfig, num_blocks: int | None) -> int:
+  """How many leading blocks a call runs: `num_blocks`, or all of them when it is None.
+
+  Args:
+    config: model config.
+    num_blocks: None, or a static Python int in [1, num_hidden_layers].
+
+  Returns:
+    The number of blocks, an int.
+
+  Raises:
+    TypeError: `num_blocks` is not a Python int (a traced value cannot choose the graph).
+    ValueError: `num_blocks` is outside [1, num_hidden_layers].
+  """
+  depth = config.num_hidden_layers
+  if num_blocks is None:
+    return depth
+  if isinstance(num_blocks, bool) or not isinstance(num_blocks, int | np.integer):
+    raise TypeError(
+      f"num_blocks must be a static Python int (it selects which blocks are compiled), got "
+      f"{type(num_blocks).__name__}"
+    )
+  if not 1 <= num_blocks <= depth:
+    raise ValueError(f"num_blocks={num_blocks} is outside [1, num_hidden_layers={depth}]")
+  return int(num_blocks)
+
+
+def _leading_slices(params: dict, count: int) -> dict:
+  """The first `count` entries of every stacked [L, ...] parameter (a view for `nn.scan`)."""
+  return jax.tree.map(lambda x: x[:count], params)
+
+
 class MobileBertEncoder(nn.Module):
   """The stack of `num_hidden_layers` blocks, unrolled or scanned.
 
   Unrolled, block i's parameters live under `layer_{i}`; with `config.scan_layers` they are
   stacked on a leading axis (logical name "layers") under `layers`. `stack_layers` and
   `unstack_layers` in `mobilebert_jax.weights.layout` convert between the two.
+
+  A call may run only the first `num_blocks` blocks (progressive layer-wise knowledge transfer
+  trains stage k with blocks 0..k, i.e. `num_blocks=k + 1`). The parameter tree is always the full
+  stack's: unrolled, the loop simply stops early and the later `layer_{i}` are never read; scanned,
+  the scan runs over the first `num_blocks` slices of the stacked [L, ...] parameters. Either way
+  no work is done for the later blocks and their gradients are exactly zero (the transpose of the
+  slice pads with zeros). Dropout keys: unrolled, a block draws the same dropout mask whatever
+  `num_blocks` is; scanned, the rng is split into `num_blocks` keys, so masks differ from those of
+  a full-depth call (both are valid dropout).
   """
 
   config: MobileBertConfig
@@ -359,8 +413,10 @@ class MobileBertEncoder(nn.Module):
     deterministic: bool,
     output_hidden_states: bool,
     output_attentions: bool,
-  ) -> tuple[Array, tuple[Array, ...] | None, tuple[Array, ...] | None]:
-    """Runs all blocks.
+    output_attention_logits: bool = False,
+    num_blocks: int | None = None,
+  ) -> tuple[Array, tuple[Array, ...] | None, tuple[Array, ...] | None, tuple[Array, ...] | None]:
+    """Runs the blocks.
 
     Args:
       hidden_states: [batch, length, hidden] embedding output.
@@ -368,11 +424,29 @@ class MobileBertEncoder(nn.Module):
       deterministic: disables dropout.
       output_hidden_states: collect every block's output.
       output_attentions: collect every block's attention probabilities.
+      output_attention_logits: collect every block's masked pre-softmax attention logits.
+      num_blocks: run blocks 0..num_blocks-1 only (a static int in [1, num_hidden_layers]);
+        None runs all. Initialisation always builds the full stack, so it must be None there.
 
     Returns:
-      (last hidden state, per-block outputs or None, per-block attentions or None).
+      (output of the last block run [batch, length, hidden],
+       per-block outputs or None,
+       per-block attention probabilities [batch, heads, length, length] or None,
+       per-block attention logits [batch, heads, length, length] or None);
+      each tuple has one entry per block run.
+
+    Raises:
+      TypeError, ValueError: a bad `num_blocks` (see `resolve_num_blocks`), or a truncated stack
+        at initialisation.
     """
     config = self.config
+    depth = resolve_num_blocks(config, num_blocks)
+    truncated = depth < config.num_hidden_layers
+    if truncated and self.is_initializing():
+      raise ValueError(
+        f"num_blocks={depth} at initialisation would create only part of the stack; initialise "
+        f"the full model and pass num_blocks to apply"
+      )
     block_cls = MobileBertBlock
     if config.remat_policy != "none":
       block_cls = nn.remat(
@@ -383,30 +457,38 @@ class MobileBertEncoder(nn.Module):
       deterministic=deterministic,
       output_hidden_states=output_hidden_states,
       output_attentions=output_attentions,
+      output_attention_logits=output_attention_logits,
     )
     if config.scan_layers:
-      scanned = nn.scan(
+      stack = nn.scan(
         block_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,),
-        length=config.num_hidden_layers,
+        length=depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      hidden_states, (all_hidden, all_probs) = scanned(**kwargs, name="layers")(hidden_states, mask)
-      per_layer_hidden = tuple(all_hidden) if output_hidden_states else None
-      per_layer_probs = tuple(all_probs) if output_attentions else None
-    else:
-      hidden_list, probs_list = [], []
-      for i in range(config.num_hidden_layers):
-        hidden_states, (layer_hidden, layer_probs) = block_cls(**kwargs, name=f"layer_{i}")(
-          hidden_states, mask
+      if truncated:
+        # The scan sees a [depth, ...] view of the stored [L, ...] parameters; the stored tree
+        # (what init creates and apply takes) stays the full stack's.
+        stack = nn.map_variables(
+          stack, "params", trans_in_fn=functools.partial(_leading_slices, count=depth)
         )
-        hidden_list.append(layer_hidden)
-        probs_list.append(layer_probs)
-      per_layer_hidden = tuple(hidden_list) if output_hidden_states else None
-      per_layer_probs = tuple(probs_list) if output_attentions else None
-    return hidden_states, per_layer_hidden, per_layer_probs
+      hidden_states, per_layer = stack(**kwargs, name="layers")(hidden_states, mask)
+      # Stacked [depth, ...] per-layer outputs -> one entry per block.
+      per_layer = tuple(None if x is None else tuple(x) for x in per_layer)
+    else:
+      outputs = []
+      for i in range(depth):
+        hidden_states, layer_outputs = block_cls(**kwargs, name=f"layer_{i}")(hidden_states, mask)
+        outputs.append(layer_outputs)
+      per_layer = tuple(
+        tuple(layer[j] for layer in outputs) if wanted else None
+        for j, wanted in enumerate(
+          (output_hidden_states, output_attentions, output_attention_logits)
+        )
+      )
+    return hidden_states, *per_layer
 
 
 class MobileBertPooler(nn.Module):
@@ -511,6 +593,9 @@ class MobileBertModel(nn.Module):
     deterministic: bool = True,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    *,
+    output_attention_logits: bool = False,
+    num_blocks: int | None = None,
   ) -> MobileBertModelOutput:
     """Encodes a batch.
 
@@ -521,12 +606,21 @@ class MobileBertModel(nn.Module):
       deterministic: disables dropout; pass False and a "dropout" rng to train.
       output_hidden_states: return the embedding output and every block's output.
       output_attentions: return every block's attention probabilities.
+      output_attention_logits: return every block's masked pre-softmax attention logits (what
+        attention transfer takes `log_softmax` of; see `MobileBertModelOutput`).
+      num_blocks: run only blocks 0..num_blocks-1 (a static int in [1, num_hidden_layers]; None,
+        the default, runs all). `last_hidden_state` is then block num_blocks-1's output and the
+        per-block tuples have num_blocks entries (`hidden_states` num_blocks + 1). The pooler, if
+        any, is applied to that output as usual: only meaningful when training a shallow model
+        with its heads, not for layer-wise transfer. Parameters are always the full stack's;
+        later blocks are not run and get zero gradients. Must be None at initialisation.
 
     Returns:
       `MobileBertModelOutput`.
 
     Raises:
-      ValueError: on inputs the model cannot take (see `validate_inputs`).
+      ValueError: on inputs the model cannot take (see `validate_inputs`), or a bad
+        `num_blocks` (see `resolve_num_blocks`; TypeError for a non-int).
     """
     validate_inputs(self.config, input_ids, attention_mask, token_type_ids)
     if token_type_ids is None:
@@ -537,8 +631,14 @@ class MobileBertModel(nn.Module):
       mask = jnp.ones((input_ids.shape[0], 1, 1, input_ids.shape[1]), dtype=bool)
     else:
       mask = (attention_mask != 0)[:, None, None, :]
-    last, per_layer_hidden, per_layer_probs = self.encoder(
-      embeddings, mask, deterministic, output_hidden_states, output_attentions
+    last, per_layer_hidden, per_layer_probs, per_layer_logits = self.encoder(
+      embeddings,
+      mask,
+      deterministic,
+      output_hidden_states,
+      output_attentions,
+      output_attention_logits,
+      num_blocks,
     )
     pooled = self.pooler(last) if self.add_pooling_layer else None
     hidden_states = (embeddings, *per_layer_hidden) if output_hidden_states else None
@@ -547,6 +647,7 @@ class MobileBertModel(nn.Module):
       pooler_output=pooled,
       hidden_states=hidden_states,
       attentions=per_layer_probs,
+      attention_logits=per_layer_logits,
     )
 
   def word_embedding_table(self) -> Array:

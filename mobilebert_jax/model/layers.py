@@ -64,8 +64,46 @@ def activation(name: str) -> Callable[[Array], Array]:
     raise ValueError(f"Unknown activation {name!r}; known: {sorted(ACTIVATION_FNS)}") from None
 
 
+# The signature of `jax.lax.dot_general`: (lhs, rhs, dimension_numbers, precision=None,
+# preferred_element_type=None) -> Array.
+DotGeneral = Callable[..., Array]
+
+
+def dense_dot_general(config: MobileBertConfig) -> DotGeneral:
+  """Chooses the matmul of every `Dense` in the model: the single quantization hook.
+
+  `Dense` calls this from inside its own `__call__` (unless the layer was given an explicit
+  `dot_general`), so a quantization switch of the config changes this one function and reaches
+  every dense layer of the encoder and heads. Because it runs inside the layer's compact scope it
+  may also return a freshly built Flax module (an AQT-style quantized dot_general with its own
+  variables), which then becomes a child of that layer.
+
+  The default is `jax.lax.dot_general` itself, not a wrapper: Qwix (google/qwix) quantizes a
+  linen model by intercepting the calls of `jax.lax.dot_general` (and `jax.numpy.einsum`) made
+  inside each module and picks its rule from the module path (e.g.
+  `mobilebert/encoder/layer_0/attention/query`), so `qwix.quantize_model(model,
+  qwix.QtProvider(rules))` quantizes every `Dense` with no change here.
+
+  Args:
+    config: model config (unused for now: float matmuls everywhere).
+
+  Returns:
+    A function with `jax.lax.dot_general`'s signature.
+  """
+  del config
+  return jax.lax.dot_general
+
+
 class Dense(nn.Module):
   """y = x·W + c with W stored [in, *features] (TF layout) and logical axis names.
+
+  The product is one `dot_general` call, `dot_general(x, W, ((x's last contract_dims axes,
+  W's first contract_dims axes), ((), ())))`, with x and W cast to the compute dtype and no
+  `precision` or `preferred_element_type` arguments; the bias is added afterwards. That call is
+  the quantization hook, as in `flax.linen.Dense`: the `dot_general` attribute overrides it for
+  one layer, and when it is None (the default) `dense_dot_general(config)` supplies it, which is
+  the one place to change to make the whole model quantization-aware (fake-quantized QAT) or
+  int8. Parameters, their names, dtypes and logical axes do not depend on the hook.
 
   Attributes:
     features: output feature shape (an int or a tuple for per-head outputs).
@@ -73,6 +111,8 @@ class Dense(nn.Module):
     config: model config (initialiser range, dtypes).
     contract_dims: how many trailing input dimensions to contract (2 for [heads, kv] inputs).
     use_bias: whether to add a bias.
+    dot_general: the matmul of this layer, with `jax.lax.dot_general`'s signature; None takes
+      `dense_dot_general(config)`.
   """
 
   features: int | Sequence[int]
@@ -80,6 +120,7 @@ class Dense(nn.Module):
   config: MobileBertConfig
   contract_dims: int = 1
   use_bias: bool = True
+  dot_general: DotGeneral | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -108,7 +149,10 @@ class Dense(nn.Module):
     compute = dtype_of(self.config.dtype)
     x = x.astype(compute)
     kernel = kernel.astype(compute)
-    y = jax.lax.dot_general(
+    dot_general = self.dot_general
+    if dot_general is None:
+      dot_general = dense_dot_general(self.config)
+    y = dot_general(
       x,
       kernel,
       (
@@ -129,7 +173,7 @@ class NoNorm(nn.Module):
   """MobileBERT's NoNorm: y = x ⊙ γ + β, with no statistics and no epsilon.
 
   Computed in float32 whatever the compute dtype: the residual stream of the released model
-  reaches 1e7 (spec P1), so it is kept at full precision.
+  reaches 1e7 (docs/pitfalls.md P1), so it is kept at full precision.
 
   Attributes:
     axis_name: logical name of the feature axis.
@@ -205,7 +249,8 @@ def make_norm(
   return LayerNorm(axis_name=axis_name, epsilon=eps, config=config, name=name)
 
 
-# PyTorch's nn.LayerNorm default, which transformers' MobileBERT uses in two places (P8).
+# PyTorch's nn.LayerNorm default, which transformers' MobileBERT uses in two places
+# (docs/pitfalls.md P8).
 TORCH_DEFAULT_LAYER_NORM_EPS = 1e-5
 
 

@@ -5,6 +5,8 @@ Every class is a `flax.linen.Module` called as
     module.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic=True, output_hidden_states=False, output_attentions=False)
 
+(the pretraining and masked-LM classes also take keyword-only `masked_positions`, and
+`MobileBertModel` and `MobileBertForPreTraining` `output_attention_logits` and `num_blocks`)
 and returns a frozen output dataclass (`mobilebert_jax.model.outputs`). The encoder lives under the
 `mobilebert` scope as in transformers; heads under `cls`, `classifier` or `qa_outputs`. Training
 requires `deterministic=False` and `rngs={"dropout": key}`. The loss of each head is in
@@ -54,8 +56,27 @@ class MobileBertForPreTraining(nn.Module):
     deterministic: bool = True,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    *,
+    masked_positions: Array | None = None,
+    output_attention_logits: bool = False,
+    num_blocks: int | None = None,
   ) -> MobileBertForPreTrainingOutput:
-    """See the module docstring. Returns MLM logits [B, T, V] and NSP logits [B, 2]."""
+    """Runs the encoder and both pretraining heads.
+
+    Args:
+      input_ids, attention_mask, token_type_ids, deterministic, output_hidden_states,
+        output_attentions: see the module docstring and `MobileBertModel`.
+      masked_positions: optional [batch, num_predictions] int positions: the MLM head then
+        gathers them before its transform and returns logits for them only.
+      output_attention_logits: return every block's masked pre-softmax attention logits.
+      num_blocks: run only the first `num_blocks` blocks (see `MobileBertModel`); both heads
+        then read the last block run. Layer-wise transfer needs no heads: apply the encoder
+        alone there, e.g. `method=lambda m, *a, **k: m.mobilebert(*a, **k)`, to skip their work.
+
+    Returns:
+      `MobileBertForPreTrainingOutput`: MLM logits [B, T, V] (or [B, P, V] at
+      `masked_positions`) and NSP logits [B, 2], float32.
+    """
     out = self.mobilebert(
       input_ids,
       attention_mask,
@@ -63,15 +84,21 @@ class MobileBertForPreTraining(nn.Module):
       deterministic,
       output_hidden_states,
       output_attentions,
+      output_attention_logits=output_attention_logits,
+      num_blocks=num_blocks,
     )
     mlm, nsp = self.cls(
-      out.last_hidden_state, out.pooler_output, self.mobilebert.word_embedding_table()
+      out.last_hidden_state,
+      out.pooler_output,
+      self.mobilebert.word_embedding_table(),
+      masked_positions,
     )
     return MobileBertForPreTrainingOutput(
       prediction_logits=mlm,
       seq_relationship_logits=nsp,
       hidden_states=out.hidden_states,
       attentions=out.attentions,
+      attention_logits=out.attention_logits,
     )
 
 
@@ -92,8 +119,14 @@ class MobileBertForMaskedLM(nn.Module):
     deterministic: bool = True,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    *,
+    masked_positions: Array | None = None,
   ) -> MaskedLMOutput:
-    """See the module docstring. Returns `logits` [B, T, V]."""
+    """See the module docstring. Returns `logits` [B, T, V].
+
+    With `masked_positions` [batch, num_predictions] (int), the head gathers those positions
+    before its transform and `logits` is [B, P, V].
+    """
     out = self.mobilebert(
       input_ids,
       attention_mask,
@@ -102,7 +135,9 @@ class MobileBertForMaskedLM(nn.Module):
       output_hidden_states,
       output_attentions,
     )
-    mlm, _ = self.cls(out.last_hidden_state, None, self.mobilebert.word_embedding_table())
+    mlm, _ = self.cls(
+      out.last_hidden_state, None, self.mobilebert.word_embedding_table(), masked_positions
+    )
     return MaskedLMOutput(logits=mlm, hidden_states=out.hidden_states, attentions=out.attentions)
 
 

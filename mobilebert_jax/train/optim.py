@@ -12,8 +12,8 @@
 
 All three clip the gradients first, by default by their global norm (TF1 `create_optimizer`
 clips to 1.0 before the optimizer); `clip_mode="per_variable"` clips each variable by its own
-norm instead, as Keras' `clipnorm` does in the TF2 Model Garden distillation (spec P16). They
-take the learning-rate schedule of `mobilebert_jax.train.schedules`.
+norm instead, as Keras' `clipnorm` does in the TF2 Model Garden distillation (docs/pitfalls.md P16).
+They take the learning-rate schedule of `mobilebert_jax.train.schedules`.
 
 Why not `optax.lamb`: its `mask` only removes leaves from weight decay, while the original also
 leaves them out of the trust ratio, and `optax.scale_by_adam` always bias-corrects.

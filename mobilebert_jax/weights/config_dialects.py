@@ -121,7 +121,7 @@ TF2_KEY_MAP: Mapping[str, str] = {
 }
 # TF2 encoder arguments that describe no architecture.
 TF2_OTHER_KEYS = frozenset({"input_mask_dtype", "name", "quantization_friendly"})
-# TF2 `MobileBertEncoderConfig` defaults: the IB-BERT teacher's values ([TF2-CFG]).
+# TF2 `MobileBertEncoderConfig` defaults: the IB-BERT teacher's values (docs/pitfalls.md P7).
 TF2_DEFAULTS: Mapping[str, Any] = {
   "vocab_size": 30522,
   "embedding_size": 128,
@@ -274,7 +274,7 @@ def _fields_from_tf1(data: Mapping[str, Any]) -> dict[str, Any]:
     merged["embedding_size"] = hidden_size
   if merged["intra_bottleneck_size"] is None:
     merged["intra_bottleneck_size"] = hidden_size
-  # The TF code's "gelu" is the tanh approximation (pitfall P9).
+  # The TF code's "gelu" is the tanh approximation (docs/pitfalls.md P9).
   merged["hidden_act"] = tf_activation(merged["hidden_act"])
   if not merged["use_bottleneck"]:
     merged["use_bottleneck_attention"] = False

@@ -286,7 +286,7 @@ class HfSource:
   """An opened HF checkpoint (see `OpenedSource` in `protocol`)."""
 
   format = "hf"
-  # Reproducing transformers' numbers is the point of loading its weights (pitfall P8).
+  # Reproducing transformers' numbers is the point of loading its weights (docs/pitfalls.md P8).
   config_defaults: Mapping[str, Any] = types.MappingProxyType({"hf_layer_norm_eps_quirk": True})
 
   def __init__(self, files: HfFiles):
@@ -453,7 +453,7 @@ def hf_config_dict(config: MobileBertConfig, model_class: str) -> dict[str, Any]
 
 
 def check_transformers_can_build(config: MobileBertConfig) -> None:
-  """Raises if transformers' MobileBERT cannot express `config` (pitfall P10).
+  """Raises if transformers' MobileBERT cannot express `config` (docs/pitfalls.md P10).
 
   transformers always projects queries and keys from `true_hidden_size` features, so a block
   whose attention reads the H-wide block input (bottlenecks on, both attention flags off, as
@@ -461,7 +461,7 @@ def check_transformers_can_build(config: MobileBertConfig) -> None:
   """
   if config.attention_input_size != config.true_hidden_size:
     raise ValueError(
-      "transformers' MobileBERT cannot build this architecture (pitfall P10): with "
+      "transformers' MobileBERT cannot build this architecture (docs/pitfalls.md P10): with "
       "use_bottleneck=True and neither use_bottleneck_attention nor "
       "key_query_shared_bottleneck, queries and keys read the block input "
       f"({config.hidden_size} features), but transformers projects them from "

@@ -1,12 +1,12 @@
 """The explicit name table between our parameter tree and transformers' PyTorch state dict.
 
-One `TensorMapping` per tensor (spec 6.4). transformers stores linear weights [out, in]; we store
-kernels [in, out], with the query/key/value kernels split per head ([in, heads, head_size]) and
-the attention-output kernel [heads, head_size, out], as the TF2 Model Garden does. The head split
-is a plain row-major reshape (feature index = head * head_size + k) in every reference. The
-transforms are those of `mapping`: "transpose" for a linear weight, "heads_last_transposed" and
-"heads_last" for a query/key/value weight and bias, "heads_first_transposed" for the
-attention-output weight.
+One `TensorMapping` per tensor (docs/references.md §hf-names). transformers stores linear weights
+[out, in]; we store kernels [in, out], with the query/key/value kernels split per head
+([in, heads, head_size]) and the attention-output kernel [heads, head_size, out], as the TF2 Model
+Garden does. The head split is a plain row-major reshape (feature index = head * head_size + k) in
+every reference. The transforms are those of `mapping`: "transpose" for a linear weight,
+"heads_last_transposed" and "heads_last" for a query/key/value weight and bias,
+"heads_first_transposed" for the attention-output weight.
 
 The table is the only place that knows transformers' names: the importer and the exporter both
 walk it, so a tensor can neither be forgotten on the way in nor on the way out.

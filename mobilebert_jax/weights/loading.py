@@ -131,7 +131,7 @@ def load_pretrained(
       `dtype="bfloat16"`, `param_dtype="bfloat16"`. Loaded tensors are stored in
       `param_dtype` (default float32: bfloat16/float16 files are widened exactly), so there is
       no separate cast argument. A format's implied switches apply before these, also with
-      `config`: HF sources set `hf_layer_norm_eps_quirk=True` (pitfall P8) unless it is
+      `config`: HF sources set `hf_layer_norm_eps_quirk=True` (docs/pitfalls.md P8) unless it is
       overridden here.
 
   Returns:
@@ -285,7 +285,7 @@ def _fresh_params(module: nn.Module, rng: jax.Array | int) -> dict[Path, jax.Arr
 
 
 def _pad_row_is_zero(tensors: Mapping[Path, np.ndarray], config: MobileBertConfig) -> bool | None:
-  """Whether the loaded word table's [PAD] row is zero (pitfall P3); None if not loaded."""
+  """Whether the loaded word table's [PAD] row is zero (docs/pitfalls.md P3); None if not loaded."""
   for path, array in tensors.items():
     if path[-2:] == ("embeddings", "word_embeddings"):
       if not 0 <= config.pad_token_id < array.shape[0]:
@@ -332,9 +332,10 @@ def save_pretrained(directory: str | os.PathLike[str], module: nn.Module, params
   _check_tree(flat, expected, class_name)
   if config.normalization_type == "layer_norm" and not config.hf_layer_norm_eps_quirk:
     logger.warning(
-      "Saving a LayerNorm model built without hf_layer_norm_eps_quirk: transformers will run "
-      "the embedding LayerNorm and every block's final FFN LayerNorm with eps 1e-5 instead of "
-      "layer_norm_eps=%g (pitfall P8), so its outputs will differ slightly from this model's.",
+      "Saving a LayerNorm model built without hf_layer_norm_eps_quirk: transformers will run the "
+      "embedding LayerNorm and every block's final FFN LayerNorm with eps 1e-5 instead of "
+      "layer_norm_eps=%g (docs/pitfalls.md P8), so its outputs will differ slightly from this "
+      "model's.",
       config.layer_norm_eps,
     )
   arrays = {path: np.asarray(jax.device_get(value)) for path, value in flat.items()}

@@ -28,8 +28,8 @@ class LoadReport:
     notes: anything else worth knowing (a tied copy that differs from its original, a
       dtype conversion, a prefix added or removed).
     pad_row_is_zero: whether row `config.pad_token_id` of the loaded word embeddings is all
-      zeros (pitfall P3: a non-zero [PAD] row makes outputs depend on the padded length); None
-      when the word embeddings were not loaded.
+      zeros (docs/pitfalls.md P3: a non-zero [PAD] row makes outputs depend on the padded length);
+      None when the word embeddings were not loaded.
   """
 
   source: str
@@ -66,7 +66,7 @@ class LoadReport:
       elif self.config.trigram_input and not self.config.padding_invariant_trigram:
         lines.append(
           f"{row} non-zero: through the trigram the last real token sees it, so outputs "
-          "depend on the padded length (pitfall P3; see padding_invariant_trigram)."
+          "depend on the padded length (docs/pitfalls.md P3; see padding_invariant_trigram)."
         )
       else:
         lines.append(f"{row} non-zero.")

@@ -1,10 +1,10 @@
 """The explicit name table between our parameters and original TF1 (google-research) checkpoints.
 
-One `TensorMapping` per tensor (spec 6.1). The TF1 code stores dense kernels [in, out] like us; the
-query/key/value kernels [in, A*d] and their biases [A*d] are split per head by a row-major reshape
-([in, A, d], [A, d]), and the attention-output kernel [A*d, out] becomes [A, d, out]. The heads
-(`cls/seq_relationship`, `cls/squad`, the classifier's top-level `output_weights`) are created
-with `tf.get_variable` as [out, in] matrices and are transposed.
+One `TensorMapping` per tensor (docs/references.md §tf1-names). The TF1 code stores dense kernels
+[in, out] like us; the query/key/value kernels [in, A*d] and their biases [A*d] are split per head
+by a row-major reshape ([in, A, d], [A, d]), and the attention-output kernel [A*d, out] becomes
+[A, d, out]. The heads (`cls/seq_relationship`, `cls/squad`, the classifier's top-level
+`output_weights`) are created with `tf.get_variable` as [out, in] matrices and are transposed.
 
 Norm scopes: `FakeLayerNorm` (NoNorm) for `normalization_type="no_norm"`, `LayerNorm` otherwise;
 the MLM transform always has a real `LayerNorm`. Both store `gamma` (our `scale`) and `beta` (our

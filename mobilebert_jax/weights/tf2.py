@@ -4,8 +4,8 @@
 released TF2 checkpoints, English and multilingual, of any vocabulary size), the encoder alone
 (`tf.train.Checkpoint(encoder=encoder)`), and the checkpoints of Model Garden training runs; the
 key variants are listed in `tf2_names.canonical_object_keys`. The TF2 pretrainer has no NSP head
-and (released config) no pooler (pitfall P13): a class with those gets them freshly initialised,
-and the report says so.
+and (released config) no pooler (docs/pitfalls.md P13): a class with those gets them freshly
+initialised, and the report says so.
 
 `Tf2NamedSource` reads a name-based checkpoint whose names are the TF2 variable names, such as
 the intermediate checkpoint of the Model Garden's TF1->TF2 converter.

@@ -2,7 +2,8 @@
 
 The Model Garden stores every tensor in our layout already (dense kernels [in, out], query/key/
 value kernels [in, A, d] with biases [A, d], attention-output kernel [A, d, out]), so every
-mapping is a copy. A TF2 tensor has two names, and each has its table (spec 6.2):
+mapping is a copy. A TF2 tensor has two names, and each has its table
+(docs/references.md §tf2-names):
 
 * **Object keys**, what `tf.train.Checkpoint(**pretrainer.checkpoint_items)` writes: the path of
   attributes from the checkpoint root, e.g.

@@ -32,7 +32,8 @@ from mobilebert_jax.weights import config_dialects
 TF_EXTRA_HINT = 'pip install "mobilebert-jax[tf]"'
 PRESET_HINT = 'config=MobileBertConfig.from_preset("mobilebert-uncased")'
 
-# TF sources compute LayerNorm with `layer_norm_eps` everywhere (transformers' quirk, P8, is off).
+# TF sources compute LayerNorm with `layer_norm_eps` everywhere (transformers' quirk,
+# docs/pitfalls.md P8, is off).
 TF_CONFIG_DEFAULTS: Mapping[str, Any] = {"hf_layer_norm_eps_quirk": False}
 
 # Files a checkpoint's config may sit in, beside it, in the order they are tried.
@@ -238,8 +239,8 @@ def find_config(directory: str) -> ConfigFile | None:
 def read_config_file(path: str) -> ConfigFile:
   """Reads a config file in the dialect its name implies.
 
-  `bert_config.json` is read in the TF1 dialect (TF1 defaults for absent keys, pitfall P7); a
-  `.yaml`/`.yml` file as a Model Garden experiment config (`read_params_yaml`); any other file
+  `bert_config.json` is read in the TF1 dialect (TF1 defaults for absent keys, docs/pitfalls.md P7);
+  a `.yaml`/`.yml` file as a Model Garden experiment config (`read_params_yaml`); any other file
   (e.g. `config.json`) as JSON in whichever dialect it is written (transformers, TF1, or TF2
   encoder arguments).
 
