@@ -33,7 +33,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mobilebert_jax.errors import RunConfigError
+from mobilebert_jax.errors import CheckpointError, RunConfigError, RunPreempted
 
 UsageError = app.UsageError
 DefineFlags = Callable[[flags.FlagValues], None]
@@ -205,7 +205,11 @@ def run(
   main_fn: Callable[[flags.FlagValues], Any],
   *,
   config_help: str = "Run config file[:variant].",
-  user_errors: tuple[type[BaseException], ...] = (RunConfigError, FileNotFoundError),
+  user_errors: tuple[type[BaseException], ...] = (
+    RunConfigError,
+    CheckpointError,
+    FileNotFoundError,
+  ),
 ) -> None:
   """Runs a command line as a console script: help, one-line usage errors, then `main_fn`.
 
@@ -217,7 +221,9 @@ def run(
     main_fn: runs the command; its return value is ignored (absl would make it the status).
     config_help: help text of `--config`.
     user_errors: exception types `main_fn` raises for a user's mistake (a missing file, settings
-      that contradict the workdir): printed as one line with exit status 1, not a traceback.
+      that contradict the workdir) or a checkpoint that cannot be written or read: printed as
+      one line with exit status 1, not a traceback. A preemption (`RunPreempted`) prints its
+      one line and exits with status 143.
   """
 
   def flags_parser(argv: Sequence[str]) -> flags.FlagValues:
@@ -236,10 +242,32 @@ def run(
   def app_main(parsed: flags.FlagValues) -> None:
     try:
       main_fn(parsed)
+    except RunPreempted as e:
+      sys.stderr.write(f"{prog}: {e}\n")
+      sys.exit(RunPreempted.exit_status)
     except user_errors as e:
-      _fail(prog, _one_line(e))
+      _fail(prog, _one_line(e), usage_hint=False)
 
+  sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
   app.run(app_main, flags_parser=flags_parser)
+
+
+def _without_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+  """An unraisable-exception hook that drops TensorStore's late "Event loop is closed" errors.
+
+  When one array of a checkpoint fails to read, Orbax closes its event loop while TensorStore
+  still completes the other reads; their completion callbacks then fail on the closed loop in
+  TensorStore's threads, and Python prints a traceback for each (dozens). The failure itself
+  is reported once, as one line (`checkpointing.CheckpointManager.restore_or_fall_back`).
+  """
+
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  return hook
 
 
 def _one_line(error: BaseException) -> str:
@@ -247,6 +275,7 @@ def _one_line(error: BaseException) -> str:
   return " ".join(text.split())
 
 
-def _fail(prog: str, message: str) -> None:
-  sys.stderr.write(f"{prog}: {message}\nPass --help for usage.\n")
+def _fail(prog: str, message: str, usage_hint: bool = True) -> None:
+  hint = "Pass --help for usage.\n" if usage_hint else ""
+  sys.stderr.write(f"{prog}: {message}\n{hint}")
   sys.exit(1)

@@ -29,10 +29,7 @@ from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.train import checkpointing
 
 # ml_collections loads config files with the deprecated `load_module()`; not ours to fix.
-pytestmark = [
-  pytest.mark.usefixtures("fast_compiles"),
-  pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -79,6 +79,7 @@ def run_and_kill(cmd, kill_line: str) -> list[str]:
     if proc.poll() is None:
       proc.kill()
     proc.wait(timeout=60)
+    proc.stdout.close()  # the pipe's file object, left open, is a ResourceWarning
   assert proc.returncode == -signal.SIGKILL, (proc.returncode, lines)
   return lines
 

@@ -30,6 +30,8 @@ meanings:
   eval_every_steps evaluate during training every N steps (0: only at the end).
   checkpoint_every_steps, keep_checkpoints   Orbax checkpoint interval and how many to keep (the
                    best by the task's main metric is kept too when evaluating during training).
+  resume_step      resume from this step of the workdir's checkpoints (None: the newest one
+                   that restores; a corrupt one is moved aside to `checkpoints.unreadable/`).
   log_every_steps  how often train metrics are fetched, checked and written.
   mesh_shape       (data, fsdp) device mesh; -1 takes the remaining devices.
   sharding_rules   "dp" (parameters replicated) or "fsdp" (large dimensions sharded).
@@ -171,6 +173,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 2
+  config.resume_step = placeholder(int)
   config.log_every_steps = 50
   config.mesh_shape = (-1, 1)
   config.sharding_rules = "dp"

@@ -39,6 +39,7 @@ from typing import Literal
 
 import numpy as np
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.data.text_features import Tokenizer, pad_rows
 from mobilebert_jax.metrics.conll import chunk_starts, split_tag
 
@@ -576,7 +577,8 @@ def write_conlleval_input(
   """
   if not len(words) == len(gold_tags) == len(predicted_tags):
     raise ValueError("words, gold_tags and predicted_tags must have one entry per sentence")
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
+  # Atomic: a failed write, or a sentence found malformed half-way, leaves no partial file.
+  with atomic_files.open_for_write(path) as f:
     for s, (sentence, gold, predicted) in enumerate(
       zip(words, gold_tags, predicted_tags, strict=True)
     ):

@@ -44,6 +44,7 @@ from typing import Literal
 
 import numpy as np
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.data.text_features import FeaturizationReport, PairFeaturizer, Tokenizer
 from mobilebert_jax.metrics.glue import TASK_METRICS
 
@@ -846,7 +847,7 @@ def write_glue_submission(
   output.mkdir(parents=True, exist_ok=True)
   path = output / filename
   order = np.argsort(ids, kind="stable")
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
+  with atomic_files.open_for_write(path) as f:
     f.write("index\tprediction\n")
     for i in order:
       f.write(f"{int(ids[i])}\t{texts[i]}\n")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.data.squad_examples import SquadExample
 from mobilebert_jax.data.squad_features import SquadFeatures, SquadTokenizer
 
@@ -335,7 +335,7 @@ def write_prediction_files(result: SquadPredictions, output_dir: str | os.PathLi
   paths = []
   for name, obj in outputs:
     path = os.path.join(output_dir, name)
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(json.dumps(obj, indent=4) + "\n")
+    # Atomic: a failed write (a full disk) must not leave an empty predictions.json behind.
+    atomic_files.write_json(path, obj, indent=4, sort_keys=False)
     paths.append(path)
   return paths

@@ -47,6 +47,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mobilebert_jax import atomic_files
+
 logger = logging.getLogger(__name__)
 
 Gold = Mapping[str, Sequence[str]]
@@ -359,8 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if args.out_file:
-    with open(args.out_file, "w", encoding="utf-8") as f:
-      json.dump(result, f)
+    # Compact JSON with no trailing newline, as the official script's --out-file.
+    atomic_files.write_text(args.out_file, json.dumps(result))
   else:
     print(text)
   return 0

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.train.steps import LossFn
 
@@ -159,8 +160,5 @@ def check_source(config: ConfigDict, allowed: Sequence[str]) -> str:
 
 
 def write_lines(path: str, lines: Sequence[str]) -> None:
-  """Writes text lines atomically (to a temporary name, then renamed)."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-    f.write("".join(f"{line}\n" for line in lines))
-  os.replace(tmp, path)
+  """Writes text lines atomically (see `mobilebert_jax.atomic_files`)."""
+  atomic_files.write_lines(path, lines)

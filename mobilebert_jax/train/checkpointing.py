@@ -28,6 +28,14 @@ Orbax API choice: the v0 `CheckpointManager` with `args.Composite` items, rather
 manager takes the same save-decision and preservation policy objects, writes asynchronously,
 tracks metrics across restarts, and supports partial restores; this wrapper keeps a later move to
 v1 a change to this file only.
+
+Faults: every save records a fingerprint of each array (`fingerprints`) in the metadata, and a
+restore compares them, because Orbax's array files carry no checksum and corrupted bytes would
+otherwise restore silently as other numbers. `restore_or_fall_back` skips a checkpoint that does
+not restore (unreadable or altered files), moves it aside into `<directory>.unreadable/` (never
+deleting it) and takes the next older one. An asynchronous write that failed (no space, no
+permission) is raised on the main thread at the next save or at `close()`, as one
+`CheckpointWriteError` naming the directory, the cause and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -52,7 +60,13 @@ from etils import epath
 from jax.sharding import NamedSharding
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
+from mobilebert_jax.errors import (
+  CheckpointError,
+  CheckpointWriteError,
+  CorruptCheckpointError,
+)
 from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.train import fingerprints
 
 PyTree = Any
 logger = logging.getLogger(__name__)
@@ -328,6 +342,7 @@ class CheckpointManager:
       create=not read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+    self._pending_step: int | None = None  # the step of the last save started
     self._base_metadata: dict[str, Any] = {
       "format": FORMAT_NAME,
       "format_version": FORMAT_VERSION,
@@ -408,8 +423,8 @@ class CheckpointManager:
     step = int(step)
     if not force and not self._manager.should_save(step):
       return False
-    if step in self._manager.all_steps():
-      logger.warning("checkpoint for step %d already exists; not saving it again", step)
+    if step in self._manager.all_steps() or step == self._pending_step:
+      logger.info("checkpoint for step %d already exists; not saving it again", step)
       return False
     state_step = getattr(state, "step", None)
     if state_step is not None and _fetch_scalar(state_step) != step:
@@ -423,8 +438,10 @@ class CheckpointManager:
         )
     data_json = {"iterator": _to_json_value(data_state, "data_state")}
     _check_same_on_all_processes(data_json)
+    self._raise_failed_writes()
     metadata = dict(self._base_metadata)
     metadata.update(
+      fingerprints=fingerprints.compute(state),
       step=step,
       saved_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       metrics=metrics_json,
@@ -439,10 +456,14 @@ class CheckpointManager:
       }
     )
     # Metrics only go to Orbax when keep-best is on: they rank checkpoints there.
-    saved = self._manager.save(
-      step, args=args, metrics=metrics_json if self.best_metric else None, force=True
-    )
+    try:
+      saved = self._manager.save(
+        step, args=args, metrics=metrics_json if self.best_metric else None, force=True
+      )
+    except Exception as e:  # the previous save's failure surfaces here, as any error type
+      raise self._write_error(self._failed_step(step), e) from e
     if saved:
+      self._pending_step = step
       logger.info("checkpoint save started: step %d -> %s", step, self.directory)
     return saved
 
@@ -466,38 +487,147 @@ class CheckpointManager:
     """
     step = self._resolve_step(step)
     target = _abstract(abstract_state)
-    saved_tree = self._manager.item_metadata(step)[STATE_ITEM]
+    try:
+      saved_tree = self._manager.item_metadata(step)[STATE_ITEM]
+    except Exception as e:  # unreadable metadata files: any exception type of any layer
+      raise CorruptCheckpointError(step, _one_line(e), str(self.directory)) from e
     if saved_tree is not None:
       saved_tree = getattr(saved_tree, "tree", saved_tree)
       _compare_trees(saved_tree, _state_as_saved(target), f"checkpoint step {step}")
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          STATE_ITEM: ocp.args.StandardRestore(target),
-          DATA_ITEM: ocp.args.JsonRestore(),
-          METADATA_ITEM: ocp.args.JsonRestore(),
-        }
-      ),
-    )
+    try:
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{
+            STATE_ITEM: ocp.args.StandardRestore(target),
+            DATA_ITEM: ocp.args.JsonRestore(),
+            METADATA_ITEM: ocp.args.JsonRestore(),
+          }
+        ),
+      )
+    except Exception as e:  # TensorStore, JSON, asyncio, OS errors: the files are bad
+      raise CorruptCheckpointError(step, _one_line(e), str(self.directory)) from e
+    metadata = dict(restored[METADATA_ITEM] or {})
+    bad = fingerprints.mismatches(metadata.get("fingerprints") or {}, restored[STATE_ITEM])
+    if bad:
+      raise CorruptCheckpointError(
+        step,
+        f"{len(bad)} array(s) differ from what was saved ({_clip(bad, 3)})",
+        str(self.directory),
+      )
     data = restored[DATA_ITEM]
     return RestoredCheckpoint(
       step=step,
       state=restored[STATE_ITEM],
       data_state=None if data is None else data.get("iterator"),
-      metadata=dict(restored[METADATA_ITEM]),
+      metadata=metadata,
     )
+
+  def restore_or_fall_back(
+    self, abstract_state: PyTree, step: int | None = None
+  ) -> RestoredCheckpoint:
+    """Restores `step`, or else the newest checkpoint that restores.
+
+    Without `step`, checkpoints are tried from the newest down; each one that does not restore
+    (`CorruptCheckpointError`) is reported in one log line and moved aside into
+    `<directory>.unreadable/<step>` for a person to inspect, and the next older one is tried.
+
+    Args:
+      abstract_state: the target tree, as for `restore`.
+      step: restore exactly this step (a user's pin): its failure is raised, nothing moves.
+
+    Returns:
+      The `RestoredCheckpoint`.
+
+    Raises:
+      CheckpointError: no checkpoint restores (every failure is listed), or the pinned one
+        does not exist or does not restore.
+      ValueError: the target tree does not match the checkpoints (the wrong model).
+    """
+    if step is not None:
+      if step not in self.all_steps():
+        raise CheckpointError(
+          f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
+        )
+      return self.restore(abstract_state, step)
+    failures = []
+    for candidate in reversed(self.all_steps()):
+      try:
+        return self.restore(abstract_state, candidate)
+      except CorruptCheckpointError as e:
+        moved_to = self._set_aside(candidate)
+        logger.warning("%s; moved it to %s and trying the previous one", e, moved_to)
+        failures.append(f"step {candidate}: {e.reason} (moved to {moved_to})")
+    if not failures:
+      raise CheckpointError(f"no complete checkpoint in {self.directory}")
+    raise CheckpointError(
+      f"no checkpoint in {self.directory} restores: {'; '.join(failures)}. Inspect them, or "
+      "start afresh with another --workdir"
+    )
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` into `<directory>.unreadable/` (process 0; all wait for it)."""
+    aside = epath.Path(unreadable_directory(self.directory))
+    target = aside / str(step)
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      suffix = 1
+      while target.exists():  # an earlier run set aside the same step: keep both
+        target, suffix = aside / f"{step}.{suffix}", suffix + 1
+      os.rename(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+    self._manager.reload()
+    return str(target)
 
   # -- lifecycle ---------------------------------------------------------------------------------
 
   def wait_until_finished(self) -> None:
-    """Blocks until pending asynchronous saves are written (and old ones deleted)."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are written (and old ones deleted).
+
+    Raises:
+      CheckpointWriteError: a pending save failed.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # the background writer's error, re-raised here
+      raise self._write_error(self._pending_step, e) from e
+    self._raise_failed_writes()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases the manager's threads.
+
+    Raises:
+      CheckpointWriteError: a pending save failed (the manager is closed all the same).
+    """
+    try:
+      self.wait_until_finished()
+    finally:
+      self._manager.close()
+
+  def _raise_failed_writes(self) -> None:
+    """Raises the error of a finished asynchronous save, if one failed."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:
+      raise self._write_error(self._pending_step, e) from e
+
+  def _failed_step(self, current: int) -> int:
+    """The step whose write failed: the pending one if it never completed, else `current`."""
+    pending = self._pending_step
+    return pending if pending is not None and pending not in self.all_steps() else current
+
+  def _write_error(self, step: int | None, cause: BaseException) -> CheckpointWriteError:
+    latest = [s for s in self._manager.all_steps() if s != step]
+    last_good = (
+      f"the last good checkpoint is step {max(latest)}" if latest else "no checkpoint was saved"
+    )
+    return CheckpointWriteError(
+      f"could not write checkpoint step {step} to {self.directory}: {_one_line(cause)}; "
+      f"{last_good} (free space or fix permissions there, then rerun to resume)"
+    )
 
   def __enter__(self) -> CheckpointManager:
     return self
@@ -516,6 +646,25 @@ class CheckpointManager:
         f"no checkpoint for step {step} in {self.directory}; available: {sorted(steps)}"
       )
     return int(step)
+
+
+def unreadable_directory(directory: str | os.PathLike[str]) -> str:
+  """Where `restore_or_fall_back` moves the checkpoints of `directory` that do not restore."""
+  directory = os.path.abspath(os.fspath(directory))
+  return f"{directory}.unreadable"
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, for one-line reports of a library's error.
+
+  TensorStore appends its whole JSON spec to the first line; that part is dropped, and what
+  is left is cut at `limit` characters.
+  """
+  lines = str(error).strip().splitlines()
+  text = (lines[0] if lines else "").split(" [tensorstore_spec", 1)[0]
+  if len(text) > limit:  # keep both ends: what was being done, and the OS's reason at the end
+    text = f"{text[: limit // 2]} ... {text[-(limit // 2) :]}"
+  return f"{type(error).__name__}: {text}".rstrip(": ")
 
 
 def _metric_value(metrics: Mapping[str, Any], name: str) -> float:

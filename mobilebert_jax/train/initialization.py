@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -30,6 +29,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import abstract_params, init_params
@@ -37,7 +37,7 @@ from mobilebert_jax.tasks import Task, get_task
 from mobilebert_jax.tokenization import SentencePieceTokenizer, WordPieceTokenizer
 from mobilebert_jax.train import checkpointing
 from mobilebert_jax.train.run_files import CHECKPOINTS_DIR
-from mobilebert_jax.weights import layout
+from mobilebert_jax.weights import hf, layout
 from mobilebert_jax.weights.loading import load_pretrained
 
 PyTree = Any
@@ -261,14 +261,22 @@ def find_vocab_file(config: ConfigDict, workdir: str) -> str:
 
 
 def _hub_vocab(repo_id: str) -> str:
-  from huggingface_hub import hf_hub_download  # Only hub sources need it.
-
+  # `open_hub` makes a machine without network fail at once instead of after `hf_hub_download`'s
+  # retries (about 23 s), and reads the local cache then.
+  access = hf.open_hub(repo_id)
   try:
-    return hf_hub_download(repo_id, "vocab.txt")
+    return access.download("vocab.txt")
   except Exception as e:  # offline, missing repo or file: all mean "no vocabulary from there"
+    cache_only = (
+      ""
+      if access.offline_reason is None
+      else f"; only the local cache was read: {access.offline_reason}"
+    )
     raise FileNotFoundError(
       f"could not get vocab.txt of {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-      f"{e}); set --config.tokenizer.vocab_file=PATH"
+      f"{e}{cache_only}); set --config.tokenizer.vocab_file=PATH, "
+      f"or download the repo where the Hub is reachable with `{access.download_command()}` and "
+      "pass --init_from=DIR"
     ) from e
 
 
@@ -284,6 +292,4 @@ def keep_vocab(vocab_file: str, workdir: str) -> None:
   name = VOCAB_NAMES[1] if vocab_file.endswith(".model") else VOCAB_NAMES[0]
   kept = os.path.join(workdir, name)
   if os.path.abspath(vocab_file) != os.path.abspath(kept) and not os.path.exists(kept):
-    tmp = f"{kept}.tmp"
-    shutil.copyfile(vocab_file, tmp)
-    os.replace(tmp, kept)
+    atomic_files.copy_file(vocab_file, kept)

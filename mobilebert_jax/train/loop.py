@@ -8,7 +8,10 @@ A trainer sets up its state, steps, data and checkpoint manager, then hands them
   the metric writer, the log and the progress bar;
 * evaluates (`eval_every_steps`, through the trainer's `evaluate(state)`) and writes `eval/...`;
 * saves a checkpoint when one is due, after an eval (keep-best ranks it by its metrics) and at
-  the end, with the data iterator's position.
+  the end, with the data iterator's position;
+* on a preemption notice (SIGTERM, or JAX's multi-host sync point: `preemption`), finishes the
+  step, saves it, waits until the checkpoint is written and raises `RunPreempted`; a rerun
+  resumes from exactly that step.
 
 Metrics stay on the devices between those points (fetching every step would stall the device
 pipeline) and are checked when fetched: the loss, gradient norm and parameter norm of every
@@ -27,7 +30,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mobilebert_jax.train import checkpointing, summaries
+from mobilebert_jax.errors import RunPreempted
+from mobilebert_jax.train import checkpointing, preemption, summaries
 
 PyTree = Any
 # Train metrics that must stay finite; a NaN in any of them poisons the next update.
@@ -91,11 +95,16 @@ def run_train_loop(
   Raises:
     NonFiniteLossError: a step's loss, gradient norm or parameter norm was not finite (the
       message names the step and the checkpoint a rerun resumes from).
+    RunPreempted: a preemption notice came; the step it names is saved.
+    CheckpointWriteError: a checkpoint could not be written (the earlier ones are intact).
   """
   total_steps = settings.total_steps
   pending = _PendingMetrics(manager)
   last_log = (start_step, time.time())
-  with summaries.ProgressBar(total_steps, start_step, enabled=settings.progress_bar) as bar:
+  with (
+    summaries.ProgressBar(total_steps, start_step, enabled=settings.progress_bar) as bar,
+    preemption.PreemptionWatcher() as watcher,
+  ):
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = train_step(state, next_batch())
@@ -124,6 +133,13 @@ def run_train_loop(
       if eval_metrics is not None or step == total_steps or manager.should_save(step):
         pending.check()  # never save a state that follows a non-finite step
         manager.save(step, state, data_state=data_state(), metrics=eval_metrics, force=True)
+
+      if step < total_steps and watcher.requested(step):
+        pending.check()
+        manager.save(step, state, data_state=data_state(), force=True)  # False if just saved
+        manager.wait_until_finished()
+        logging.warning("preempted: checkpoint step %d written to %s", step, manager.directory)
+        raise RunPreempted(step, str(manager.directory))
   return state
 
 

@@ -5,8 +5,9 @@
     eval_metrics.json  the final metrics
     checkpoints/       Orbax checkpoints (`checkpointing`)
 
-Every file is written atomically (a temporary name, then a rename), so a reader, or a rerun
-after a crash, sees the old file or the new one, never half of one.
+Every file is written atomically (`mobilebert_jax.atomic_files`: a synced temporary file, then a
+rename), so a reader, or a rerun after a crash or a full disk, sees the old file or the new one,
+never half of one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from mobilebert_jax import atomic_files
+from mobilebert_jax.errors import CheckpointError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.train import checkpointing
 
@@ -30,12 +33,8 @@ RUN_INFO_FILE = "run_info.json"
 
 
 def write_json(path: str, value: Any) -> None:
-  """Writes `value` as indented JSON, atomically."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes `value` as indented JSON with sorted keys, atomically (see `atomic_files`)."""
+  atomic_files.write_json(path, value, indent=2, sort_keys=True)
 
 
 def write_run_files(
@@ -64,14 +63,49 @@ def write_run_files(
   )
 
 
-def latest_checkpoint_metadata(checkpoint_dir: str) -> dict[str, Any] | None:
-  """The metadata of the latest checkpoint in `checkpoint_dir`, or None when it has none."""
+def latest_checkpoint_metadata(
+  checkpoint_dir: str, step: int | None = None
+) -> dict[str, Any] | None:
+  """The metadata of a checkpoint in `checkpoint_dir`: `step`'s, else the newest readable one.
+
+  Returns None when the directory holds no checkpoint. A checkpoint whose metadata cannot be
+  read is skipped here (its restore fails later and sets it aside, see
+  `CheckpointManager.restore_or_fall_back`).
+
+  Raises:
+    CheckpointError: `step` is given and has no readable checkpoint, or no checkpoint's
+      metadata can be read.
+  """
   if not os.path.isdir(checkpoint_dir):
     return None
   manager = checkpointing.CheckpointManager(checkpoint_dir, read_only=True)
   try:
-    if manager.latest_step() is None:
+    steps = manager.all_steps()
+    if not steps:
       return None
-    return manager.metadata()
+    errors = []
+    for candidate in [step] if step is not None else reversed(steps):
+      try:
+        return manager.metadata(candidate)
+      except FileNotFoundError as e:
+        errors.append(str(e))
+      except Exception as e:  # unreadable JSON or files: report it, try the previous one
+        errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+    raise CheckpointError(f"no readable checkpoint metadata in {checkpoint_dir}: {errors}")
   finally:
     manager.close()
+
+
+def refuse_if_checkpoints_were_lost(checkpoint_dir: str) -> None:
+  """Refuses to start from scratch in a workdir whose checkpoints were all set aside as corrupt.
+
+  Raises:
+    CheckpointError: `checkpoint_dir` holds no checkpoint but its `.unreadable` sibling does
+      (starting again there would silently drop the run's progress).
+  """
+  aside = checkpointing.unreadable_directory(checkpoint_dir)
+  if os.path.isdir(aside) and os.listdir(aside):
+    raise CheckpointError(
+      f"no complete checkpoint in {checkpoint_dir}, and the ones in {aside} do not restore; "
+      f"inspect them, or delete {aside} to start this workdir from scratch"
+    )

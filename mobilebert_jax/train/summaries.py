@@ -144,7 +144,7 @@ class ProgressBar:
 
 
 class _LibraryLogFilter(logging.Filter):
-  """Drops records below `level` logged from inside the named libraries' source trees."""
+  """Drops records below `level`, and tracebacks, logged from the named libraries' sources."""
 
   def __init__(self, libraries: Sequence[str], level: int):
     super().__init__()
@@ -152,14 +152,19 @@ class _LibraryLogFilter(logging.Filter):
     self._level = level
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= self._level or not any(p in record.pathname for p in self._parts)
+    if not any(p in record.pathname for p in self._parts):
+      return True
+    # Orbax logs the traceback of a failed background write in every thread it passes through
+    # (dozens of lines for one full disk) and re-raises the error to the caller, which reports
+    # it once (`checkpointing.CheckpointWriteError`).
+    return record.levelno >= self._level and not record.exc_info
 
 
 @contextlib.contextmanager
 def quiet_library_logs(
   libraries: Sequence[str] = ("orbax",), level: int = logging.WARNING
 ) -> Iterator[None]:
-  """Hides the log lines of `libraries` below `level` while the block runs.
+  """Hides the log lines of `libraries` below `level`, and their tracebacks, while it runs.
 
       with summaries.quiet_library_logs():
         trainer.train_and_evaluate(config, workdir)

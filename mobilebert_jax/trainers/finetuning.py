@@ -76,9 +76,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   task = tasks.get_task(config.task)
   # A checkpoint in the workdir decides the model; look before reading any data.
   checkpoint_dir = os.path.join(workdir, run_files.CHECKPOINTS_DIR)
-  resume_metadata = run_files.latest_checkpoint_metadata(checkpoint_dir)
+  resume_metadata = run_files.latest_checkpoint_metadata(checkpoint_dir, config.resume_step)
   if resume_metadata is not None:
     _check_same_task(resume_metadata, task, checkpoint_dir)
+  else:
+    run_files.refuse_if_checkpoints_were_lost(checkpoint_dir)
 
   # ------------------------------------------------------------------------------------------
   # Tokenizer and data
@@ -119,7 +121,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       saved_config, initialization.config_overrides(config, task)
     )
     initial = None
-    weights_source = f"resumed from {checkpoint_dir} step {resume_metadata['step']}"
   else:
     initial = initialization.initial_weights(config, task, tokenizer)
     model_config = initial.model_config
@@ -178,9 +179,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   writer = summaries.MetricWriter(workdir)
   with manager, writer:
     if resume_metadata is not None:
-      restored = manager.restore(sharding.abstract_train_state(model, optimizer, mesh, rules))
+      restored = manager.restore_or_fall_back(
+        sharding.abstract_train_state(model, optimizer, mesh, rules), config.resume_step
+      )
       state, start_step = restored.state, restored.step
       train_batches.set_state(restored.data_state)
+      weights_source = f"resumed from {checkpoint_dir} step {start_step}"
     elif initial.params is not None:
       state = sharding.create_train_state_from_params(
         initial.params, optimizer, state_shardings, rng=config.seed

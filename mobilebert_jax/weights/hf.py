@@ -28,6 +28,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import MODEL_CLASSES
 from mobilebert_jax.weights import hf_names
@@ -108,15 +109,106 @@ def find_local_files(path: str) -> HfFiles:
   )
 
 
+# How long one look at the Hub may take before the cache alone is used. Short, because on a
+# machine without network every hub load pays it; HF_HUB_ETAG_TIMEOUT, when set, wins.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HubAccess:
+  """How the files of one hub repo can be had: from the Hub, or only from the local HF cache.
+
+  Attributes:
+    repo_id: the hub id.
+    revision: branch, tag or commit; None for the default branch.
+    offline_reason: None when the Hub answered; otherwise why only the local cache is read
+      (HF_HUB_OFFLINE is set, or the one look at the Hub failed and how).
+  """
+
+  repo_id: str
+  revision: str | None
+  offline_reason: str | None
+
+  @property
+  def where(self) -> str:
+    return self.repo_id if self.revision is None else f"{self.repo_id}@{self.revision}"
+
+  def download(self, filename: str) -> str:
+    """The local path of `filename`, downloaded or from the cache (`hf_hub_download`'s errors)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(
+      self.repo_id,
+      filename,
+      revision=self.revision,
+      local_files_only=self.offline_reason is not None,
+    )
+
+  def download_command(self) -> str:
+    """The shell command that puts this repo into a local directory DIR, for messages."""
+    revision = "" if self.revision is None else f" --revision {self.revision}"
+    return f"{_hub_cli()} download {self.repo_id}{revision} --local-dir DIR"
+
+
+def open_hub(repo_id: str, revision: str | None = None) -> HubAccess:
+  """Decides, with at most one quick request, whether the Hub or only the local cache is used.
+
+  Without network, `hf_hub_download` retries a file that is not cached five times with backoff
+  (about 23 s a file, two minutes for the files a checkpoint is looked for under). So the Hub
+  is asked once, without retries and with a short timeout (`HUB_PROBE_TIMEOUT_S`), for
+  `config.json`'s metadata; if it does not answer, every file is then taken from the cache
+  (`local_files_only`), which fails at once for files it lacks. With HF_HUB_OFFLINE set nothing
+  is requested at all.
+  """
+  from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+  from huggingface_hub.errors import HfHubHTTPError
+
+  if constants.HF_HUB_OFFLINE:
+    return HubAccess(repo_id, revision, "HF_HUB_OFFLINE is set, so the Hub was not asked")
+  timeout = (
+    constants.HF_HUB_ETAG_TIMEOUT if "HF_HUB_ETAG_TIMEOUT" in os.environ else HUB_PROBE_TIMEOUT_S
+  )
+  try:
+    # `get_hf_file_metadata` makes a single attempt (it retries only when asked to).
+    get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_FILE, revision=revision), timeout=timeout)
+  except HfHubHTTPError as e:
+    status = e.response.status_code if e.response is not None else None
+    if status is not None and status >= 500:
+      # The Hub, or a proxy standing in for it, fails: retrying it is what takes minutes.
+      return HubAccess(repo_id, revision, f"the Hub answered HTTP {status}")
+    # Any other answer (a missing repo or file, a gated repo, ...) comes from a reachable Hub;
+    # the download itself reports it.
+  except Exception as e:
+    # No answer. The HTTP client and so its exception types differ between huggingface_hub
+    # versions (requests, httpx, httpx2); every failure to get an answer means the same here.
+    return HubAccess(
+      repo_id,
+      revision,
+      f"the Hub is unreachable ({type(e).__name__}: {e}; asked once, with a {timeout:g} s "
+      "timeout that HF_HUB_ETAG_TIMEOUT sets)",
+    )
+  return HubAccess(repo_id, revision, None)
+
+
+@functools.cache
+def _hub_cli() -> str:
+  """The name of huggingface_hub's command line tool: `hf` replaced `huggingface-cli` in 0.34."""
+  import huggingface_hub
+
+  major, minor = (int(part) for part in re.findall(r"\d+", huggingface_hub.__version__)[:2])
+  return "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+
+
 def download_hub_files(repo_id: str, revision: str | None = None) -> HfFiles:
   """Downloads (or finds in the local cache) the config and weights of a hub model.
 
-  Only `config.json` and the first weight form the repo has are fetched.
+  Only `config.json` and the first weight form the repo has are fetched. Without network (or
+  with HF_HUB_OFFLINE) only the local cache is read, and a miss fails within seconds
+  (`open_hub`).
 
   Raises:
     FileNotFoundError: the repo or its weights cannot be had, saying what was tried and why.
   """
-  from huggingface_hub import hf_hub_download
   from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
@@ -125,15 +217,23 @@ def download_hub_files(repo_id: str, revision: str | None = None) -> HfFiles:
     RevisionNotFoundError,
   )
 
-  where = repo_id if revision is None else f"{repo_id}@{revision}"
+  access = open_hub(repo_id, revision)
+  where = access.where
+  local_hint = (
+    f"Pass a local directory holding {CONFIG_FILE} and {SAFETENSORS_FILE} (or {BIN_FILE}) "
+    f"instead: e.g. download it where the Hub is reachable with `{access.download_command()}` "
+    "and pass DIR."
+  )
   tried: list[str] = []
 
   def fetch(name: str) -> str | None:
     try:
-      return hf_hub_download(repo_id, name, revision=revision)
+      return access.download(name)
     except LocalEntryNotFoundError:
-      # Offline (HF_HUB_OFFLINE) or unreachable, and not in the local cache.
-      tried.append(f"{name}: not in the local cache and the Hub is unreachable or offline")
+      if access.offline_reason is not None:
+        tried.append(f"{name}: not in the local cache")
+      else:  # The Hub answered the first look but not this one.
+        tried.append(f"{name}: not in the local cache and the Hub is unreachable or offline")
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
       raise FileNotFoundError(
         f"Hugging Face Hub has no model {where!r} (or it is private/gated): {e}. Pass a local "
@@ -165,11 +265,17 @@ def download_hub_files(repo_id: str, revision: str | None = None) -> HfFiles:
         weight_paths=paths,
         kind=_kind_of(weights),
       )
+  cache_only = (
+    ""
+    if access.offline_reason is None
+    else f"\nOnly the local cache was read: {access.offline_reason}."
+  )
   raise FileNotFoundError(
     f"Could not load {where!r}: it is not a local path, and as a Hugging Face Hub id none of "
-    f"its weight files could be had. Tried:\n  "
+    "its weight files could be had. Tried:\n  "
     + "\n  ".join(tried)
-    + f"\nPass a local directory holding {CONFIG_FILE} and {SAFETENSORS_FILE} (or {BIN_FILE})."
+    + cache_only
+    + f"\n{local_hint}"
   )
 
 
@@ -497,7 +603,7 @@ def write_hf_directory(
     except BaseException:
       shutil.rmtree(staging, ignore_errors=True)
       raise
-    _fsync_directory(parent)
+    atomic_files.fsync_directory(parent)
     return directory
 
   if not os.path.isdir(directory):
@@ -512,7 +618,7 @@ def write_hf_directory(
     for stale in _stale_weight_files(directory):
       os.remove(os.path.join(directory, stale))
     os.replace(temp(CONFIG_FILE), os.path.join(directory, CONFIG_FILE))
-  _fsync_directory(directory)
+  atomic_files.fsync_directory(directory)
   return directory
 
 
@@ -561,13 +667,3 @@ def _write_text(path: str, text: str) -> None:
 def _fsync_file(path: str) -> None:
   with open(path, "rb") as f:
     os.fsync(f.fileno())
-
-
-def _fsync_directory(path: str) -> None:
-  # Makes the renames durable; some file systems cannot open directories, which is harmless.
-  with contextlib.suppress(OSError):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
