@@ -13,7 +13,11 @@ and behaves the same for every command:
   from an installed wheel;
 * the config is locked: `--config.FIELD=VALUE` may only change fields that exist, and a misspelt
   field is an error that suggests the closest name and lists the group's fields;
-* a user mistake is one line on stderr and exit status 1, never a traceback (`run`).
+* a user mistake is one line on stderr and exit status 1, never a traceback (`run`);
+* `--compilation_cache_dir` (every command has it: `define_shared_flags`) points JAX's
+  persistent compilation cache at a directory, by default a per-user one, so that running a
+  command again loads its compiled steps instead of compiling them (`configure_compilation_cache`,
+  applied by `run` before the command starts).
 
 Each command supplies its own plain flags (`define_flags`) and, optionally, how its default
 config depends on them (`default_config`); `parse` does the rest.
@@ -30,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mobilebert_jax.errors import CheckpointError, RunConfigError, RunPreempted
@@ -40,6 +44,88 @@ DefineFlags = Callable[[flags.FlagValues], None]
 _HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort", "--helpfull")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIGS_DIR = os.path.join(_PACKAGE_DIR, "configs")
+COMPILATION_CACHE_FLAG = "compilation_cache_dir"
+# Flag values that turn the cache off.
+_NO_CACHE = ("", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# The flags every command shares
+# ----------------------------------------------------------------------------------------------
+
+
+def default_compilation_cache_dir() -> str:
+  """`$XDG_CACHE_HOME/mobilebert_jax/jax_cache` (`~/.cache/...` when XDG_CACHE_HOME is unset)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mobilebert_jax", "jax_cache")
+
+
+def define_shared_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the flags every command has (`parse` adds them to the command's own)."""
+  flags.DEFINE_string(
+    COMPILATION_CACHE_FLAG,
+    None,
+    "Directory of JAX's persistent compilation cache: a second run of the same command loads "
+    "its compiled steps from there instead of compiling them again. 'none' turns it off. "
+    "Default: $JAX_COMPILATION_CACHE_DIR if set, else "
+    "$XDG_CACHE_HOME/mobilebert_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME). Only "
+    "trusted users may write to it (JAX runs what it finds there).",
+    flag_values=flag_values,
+  )
+
+
+def configure_compilation_cache(parsed: flags.FlagValues, *, use_default: bool) -> str | None:
+  """Applies `--compilation_cache_dir` to JAX's configuration; call before the first compile.
+
+  JAX then writes each compiled executable there and reads it back on a later run when the
+  program, shapes, shardings, devices, compiler flags and jax/jaxlib versions are the same. It
+  works on CPU (measured, jax 0.10.2), GPU and TPU; on GPU JAX also keeps XLA's autotuning
+  results there (`jax_persistent_cache_enable_xla_caches`). Every compilation is written, not
+  only those over JAX's default threshold of 1 s (`jax_persistent_cache_min_compile_time_secs`,
+  unless set in the environment): a small model's eval step compiles in less, and a second
+  run would compile it again. Measured on the tiny SQuAD config: with that threshold a warm run
+  still compiled for 1.9 s, without it for 0.6 s, from 10 files (0.75 MB).
+
+  Args:
+    parsed: flags parsed by `parse`.
+    use_default: without the flag, use the default directory (the command lines, `run`); when
+      False, leave JAX's configuration alone unless the flag was given (in-process calls such
+      as tests and notebooks keep the process's own settings).
+
+  Returns:
+    The cache directory now in use, or None when the cache is off.
+  """
+  import jax  # Here, not at the top: commands must be able to parse flags without JAX.
+  from jax.experimental.compilation_cache import compilation_cache
+
+  value = parsed[COMPILATION_CACHE_FLAG].value if COMPILATION_CACHE_FLAG in parsed else None
+  if value is None:
+    # JAX's own settings (JAX_COMPILATION_CACHE_DIR, JAX_ENABLE_COMPILATION_CACHE=false) win
+    # over our default.
+    enabled = jax.config.jax_enable_compilation_cache
+    if not use_default or not enabled:
+      return jax.config.jax_compilation_cache_dir if enabled else None
+    value = jax.config.jax_compilation_cache_dir or default_compilation_cache_dir()
+  path = None if value.strip().lower() in _NO_CACHE else os.path.expanduser(value)
+  if path is not None and "://" not in path:
+    try:
+      # JAX would create it at the first compile and fail there; a cache is an optimisation,
+      # so a directory that cannot be made costs a warning, not the run.
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      logging.warning("no compilation cache: cannot create %s (%s)", path, e)
+      path = None
+  if path != jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+    # JAX opens its cache once per process, at the first compile that uses it; forget it so
+    # that an in-process caller that changes the directory gets the new one.
+    compilation_cache.reset_cache()
+  if path is not None:
+    jax.config.update("jax_enable_compilation_cache", True)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  logging.info("compilation cache: %s", path or "off")
+  return path
 
 
 def resolve_config_path(path: str) -> str:
@@ -161,6 +247,7 @@ def parse(
   try:
     pre = flags.FlagValues()
     define_flags(pre)
+    define_shared_flags(pre)
     pre(list(argv), known_only=True)
     spec = explicit_config
     if spec is None and default_config is not None:
@@ -173,6 +260,7 @@ def parse(
 
   parsed = flags.FlagValues()
   define_flags(parsed)
+  define_shared_flags(parsed)
   config_flags.DEFINE_config_file(
     "config",
     default=spec if explicit_config is None else None,
@@ -219,6 +307,7 @@ def run(
     define_flags: the command's own flags (for `--help`).
     parse_fn: `argv -> parsed flags`, raising UsageError for a bad command line.
     main_fn: runs the command; its return value is ignored (absl would make it the status).
+      The compilation cache is configured before it runs (`configure_compilation_cache`).
     config_help: help text of `--config`.
     user_errors: exception types `main_fn` raises for a user's mistake (a missing file, settings
       that contradict the workdir) or a checkpoint that cannot be written or read: printed as
@@ -230,6 +319,7 @@ def run(
     if any(arg in _HELP_ARGS for arg in argv[1:]):
       help_flags = flags.FlagValues()
       define_flags(help_flags)
+      define_shared_flags(help_flags)
       print(doc)
       print(help_flags.get_help(include_special_flags=False))
       print(f"  --config: {config_help}")
@@ -240,6 +330,7 @@ def run(
       _fail(prog, str(e))
 
   def app_main(parsed: flags.FlagValues) -> None:
+    configure_compilation_cache(parsed, use_default=True)
     try:
       main_fn(parsed)
     except RunPreempted as e:

@@ -1,7 +1,8 @@
 r"""Fine-tune MobileBERT from the command line (the `mobilebert-finetune` console script).
 
     python -m mobilebert_jax.finetune --task=TASK --workdir=DIR [--init_from=SOURCE] \
-      [--config=FILE[:VARIANT]] [--config.FIELD=VALUE ...] [--demo] [--jax_distributed]
+      [--config=FILE[:VARIANT]] [--config.FIELD=VALUE ...] [--demo] [--jax_distributed] \
+      [--compilation_cache_dir=DIR|none]
 
 TASK is `squad`, `squad_v2`, `glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli>`, `conll2003` or
 `swag` (usual spellings such as `squad2.0` or `glue/SST-2` work). The task picks its recipe, the
@@ -25,6 +26,8 @@ Examples:
 Running again with the same `--workdir` resumes from its latest checkpoint. `--init_from`
 (when the workdir has none) accepts an HF directory or hub id, TF1/TF2/TF-Hub checkpoints, one of
 our workdirs or Orbax checkpoints, or `preset:NAME` to train an architecture from scratch.
+Compiled steps are kept in JAX's persistent compilation cache (`--compilation_cache_dir`, by
+default `~/.cache/mobilebert_jax/jax_cache`), so the same command compiles nothing a second time.
 """
 
 from __future__ import annotations
@@ -140,8 +143,13 @@ def finetune(parsed: flags.FlagValues) -> dict[str, float]:
 
 
 def main(argv: Sequence[str]) -> dict[str, float]:
-  """In-process entry point: `main(["finetune", "--task=squad", "--workdir=/tmp/x"])`."""
-  return finetune(parse_flags(argv))
+  """In-process entry point: `main(["finetune", "--task=squad", "--workdir=/tmp/x"])`.
+
+  The process's compilation cache settings are kept unless `--compilation_cache_dir` is given.
+  """
+  parsed = parse_flags(argv)
+  cli.configure_compilation_cache(parsed, use_default=False)
+  return finetune(parsed)
 
 
 def _main(parsed: flags.FlagValues) -> None:

@@ -7,6 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Tests must never reach the network: hub ids fail fast with a clear error instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never share JAX's persistent compilation cache with the user's runs (or with each
+# other: concurrent writers can tear an entry); the cache's own test turns it on explicitly.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".tfds_unused"))
 
 import jax

@@ -187,3 +187,27 @@ def torch_state_dict_to_params(state_dict: dict[str, Any], config: Any, model_cl
   if missing:
     raise ValueError(f"no value for {sorted(missing)[:3]}")
   return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in params.items()})
+
+
+def run_json_subprocess(
+  command: list[str], *, cwd: str, env: dict[str, str] | None = None, timeout_s: float = 1800
+) -> dict[str, Any]:
+  """Runs a benchmark child process and returns the JSON object on the last line of its stdout.
+
+  A measurement that must start from a fresh process (compile caches, memory high-water marks)
+  runs this way; the child's stderr is shown only when it fails.
+
+  Raises:
+    RuntimeError: the child failed or printed no JSON.
+  """
+  import json
+
+  result = subprocess.run(
+    command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+  )
+  lines = result.stdout.strip().splitlines()
+  if result.returncode != 0 or not lines:
+    raise RuntimeError(
+      f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    )
+  return json.loads(lines[-1])

@@ -18,6 +18,17 @@ meanings:
                    resuming) and `do_lower_case`.
   data             `source` ("files" or "tfds"), `data_dir` / `*_file`, `max_seq_length`, TFDS
                    options, and the task's own fields.
+  data.bucket_lengths   () (default): training batches at `max_seq_length`. A tuple such as
+                   (32, 64, 96, 128): each training batch holds rows of one length bucket, cut
+                   to that length (`mobilebert_jax.data.bucketing`; `max_seq_length` is added as
+                   the last bucket), so mostly short rows (GLUE, CoNLL) cost less; the train step
+                   compiles once per bucket. Valid for every task (SQuAD's answer positions are
+                   checked to stay inside their bucket); evaluation stays at full length. Each
+                   row keeps the [PAD] that follows its last real token, which MobileBERT's
+                   trigram reads (docs/pitfalls.md P3), so outputs equal the full-length ones up
+                   to rounding; `model.padding_invariant_trigram=True` makes them independent of
+                   the padded length altogether. Only `model.masked_attention_logit=-6.0` (P5)
+                   lets the number of padded columns change the outputs.
   optimizer        the optax chain of `mobilebert_jax.train.optim.build_optimizer`, with a linear
                    warm-up over `warmup_proportion` of the run and linear decay to
                    `end_lr_rate * learning_rate`.
@@ -36,6 +47,10 @@ meanings:
   mesh_shape       (data, fsdp) device mesh; -1 takes the remaining devices.
   sharding_rules   "dp" (parameters replicated) or "fsdp" (large dimensions sharded).
   progress_bar     show a tqdm bar (process 0).
+  profile_steps    None (default): no profile. `(start, stop)`, e.g.
+                   `--config.profile_steps=10,13`: a `jax.profiler` trace of steps start .. stop-1
+                   into `WORKDIR/profile` (TensorBoard's profile tab), every process its own
+                   devices; a run resumed past `start` traces what is left of the window.
 
 Variants: `parse_arg("task=rte,size=tiny", task="", size="")` turns the text after the colon of
 `--config=configs/glue.py:task=rte,size=tiny` into a ConfigDict with the defaults' types; a bare
@@ -146,6 +161,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
       "train_file": placeholder(str),
       "eval_file": placeholder(str),
       "max_seq_length": 128,
+      "bucket_lengths": (),
       "tfds_data_dir": placeholder(str),
       "tfds_download": True,
     }
@@ -178,6 +194,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   config.mesh_shape = (-1, 1)
   config.sharding_rules = "dp"
   config.progress_bar = True
+  config.profile_steps = placeholder(tuple)
   return config
 
 

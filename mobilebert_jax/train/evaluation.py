@@ -129,3 +129,40 @@ def evaluate(
       "".join(f", {k}={float(v):.4g}" for k, v in results.items() if np.ndim(v) == 0),
     )
   return metrics
+
+
+def sum_over_batches(
+  eval_fn: EvalFn,
+  params: PyTree,
+  features: Mapping[str, np.ndarray],
+  *,
+  global_batch_size: int,
+  batch_sharding: NamedSharding,
+) -> dict[str, float]:
+  """Runs `eval_fn` over every row of `features` and adds up what it returns per batch.
+
+  For metrics that are ratios of sums over a whole split (a loss per masked token, an accuracy):
+  `eval_fn` returns scalar sums over its batch, counting each row by the batch's `weights` (0
+  for the zero rows that pad the last batch), and the totals are added in float64 on the host.
+
+  Args:
+    eval_fn: the jitted eval step, `(params, batch) -> {name: replicated scalar}`.
+    params: the (sharded) parameters.
+    features: the split's arrays, each [N, ...] (all of them are sent to the devices).
+    global_batch_size: rows per eval step, a multiple of the device count.
+    batch_sharding: the sharding of batch arrays.
+
+  Returns:
+    name -> the total over the split.
+  """
+  batches = BatchIterator(
+    features, global_batch_size, shuffle=False, num_epochs=1, drop_remainder=False
+  )
+  totals: dict[str, float] = {}
+  for local_batch in batches:
+    sums = jax.device_get(
+      eval_fn(params, distributed.global_batch_from_local(local_batch, batch_sharding))
+    )
+    for name, value in sums.items():
+      totals[name] = totals.get(name, 0.0) + float(np.asarray(value, np.float64))
+  return totals

@@ -1,4 +1,4 @@
-"""Where a fine-tuning run starts from: its weights (`config.init_from`) and its tokenizer.
+"""Where a training run starts from: its weights (`config.init_from`) and its tokenizer.
 
 `init_from` may be
 
@@ -13,6 +13,10 @@
 In every case the `MobileBertConfig` is the source's (or the preset's), updated with the fields
 set in `config.model` and with the task's (`num_labels`, ...).
 
+What a run trains is a `RunModel`: a fine-tuning `tasks.Task`, or a `ModelSpec` for the runs that
+are not tasks (`PRETRAINING`). Checkpoints record its name (`config.task`), which is how
+`run_model` finds the model class of a checkpoint given as `init_from`.
+
 The tokenizer comes from `config.tokenizer.vocab_file`, else from the `vocab.txt` the workdir
 keeps from an earlier start, else from beside the weights (`init_from`'s directory, or the hub
 repository's `vocab.txt`).
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 from absl import logging
@@ -32,7 +38,7 @@ from flax import traverse_util
 from mobilebert_jax import atomic_files
 from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
-from mobilebert_jax.model.models import abstract_params, init_params
+from mobilebert_jax.model.models import MobileBertForPreTraining, abstract_params, init_params
 from mobilebert_jax.tasks import Task, get_task
 from mobilebert_jax.tokenization import SentencePieceTokenizer, WordPieceTokenizer
 from mobilebert_jax.train import checkpointing
@@ -49,6 +55,43 @@ PRESET_PREFIX = "preset:"
 # architecture, dropout and the numerical options do), only how it is computed.
 RESUMABLE_MODEL_FIELDS = ("remat_policy", "dtype")
 VOCAB_NAMES = ("vocab.txt", "spiece.model", "sentencepiece.model")
+
+
+def _no_overrides(config: ConfigDict) -> dict[str, Any]:
+  del config
+  return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A run that is not a fine-tuning task: its name, model class and the fields it fixes.
+
+  It has the attributes of a `tasks.Task` that this module reads, so either can be passed.
+
+  Attributes:
+    name: the run's `config.task`, recorded in its checkpoints.
+    model_class: the MobileBERT model class it trains.
+    model_overrides: config -> `MobileBertConfig` fields the run fixes.
+  """
+
+  name: str
+  model_class: type[nn.Module]
+  model_overrides: Callable[[ConfigDict], dict[str, Any]] = _no_overrides
+
+
+# MLM + NSP pretraining (`mobilebert_jax.trainers.pretraining`).
+PRETRAINING = ModelSpec("pretraining", MobileBertForPreTraining)
+_MODEL_SPECS = {spec.name: spec for spec in (PRETRAINING,)}
+RunModel = Task | ModelSpec
+
+
+def run_model(name: str) -> RunModel:
+  """The `ModelSpec` or fine-tuning `Task` called `name` (a checkpoint's `config.task`).
+
+  Raises:
+    ValueError: no such run kind or task.
+  """
+  return _MODEL_SPECS[name] if name in _MODEL_SPECS else get_task(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +114,7 @@ class InitialWeights:
 # ----------------------------------------------------------------------------------------------
 
 
-def config_overrides(config: ConfigDict, task: Task) -> dict[str, Any]:
+def config_overrides(config: ConfigDict, task: RunModel) -> dict[str, Any]:
   """The `MobileBertConfig` fields set by `config.model` (non-None) and by the task."""
   fields = {k: v for k, v in config.model.items() if k != "preset" and v is not None}
   fields.update(task.model_overrides(config))
@@ -111,7 +154,7 @@ def resume_model_config(saved: MobileBertConfig, overrides: dict[str, Any]) -> M
   return saved.with_overrides(**changed)
 
 
-def initial_weights(config: ConfigDict, task: Task, tokenizer: Any) -> InitialWeights:
+def initial_weights(config: ConfigDict, task: RunModel, tokenizer: Any) -> InitialWeights:
   """Resolves `config.init_from` (see the module docstring).
 
   Raises:
@@ -173,7 +216,7 @@ def find_checkpoint(path: str) -> tuple[str, int | None] | None:
 
 
 def _from_our_checkpoint(
-  source: str, task: Task, overrides: dict[str, Any], seed: int
+  source: str, task: RunModel, overrides: dict[str, Any], seed: int
 ) -> InitialWeights:
   """Parameters shared (same path, same shape) with one of our training checkpoints."""
   root, step = find_checkpoint(source)
@@ -183,7 +226,7 @@ def _from_our_checkpoint(
   finally:
     manager.close()
   saved_config = MobileBertConfig.from_dict(metadata["model_config"], source="hf")
-  saved_task = get_task(metadata["train_config"]["task"])
+  saved_task = run_model(metadata["train_config"]["task"])
   model_config = saved_config.with_overrides(**overrides)
 
   # Compare in the checkpoint's layer layout (scanned or not), convert at the end.

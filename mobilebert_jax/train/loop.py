@@ -4,14 +4,19 @@ A trainer sets up its state, steps, data and checkpoint manager, then hands them
 `run_train_loop`, which runs steps `start_step + 1 .. total_steps` and, at fixed points:
 
 * logs the mean of every train metric over the steps since the last log (`log_every_steps`),
-  with steps/s and any per-step counts as rates (`examples_per_sec`, `tokens_per_sec`, ...), to
-  the metric writer, the log and the progress bar;
+  with steps/s and the amounts the steps processed as rates (`sequences_per_sec`,
+  `tokens_per_sec`, ...; from the model FLOPs of each step `tflops_per_sec` and `mfu`: `rates`),
+  to the metric writer, the log and the progress bar;
+* traces steps `profile_steps = (start, stop)` with `jax.profiler` into `profile_dir`;
 * evaluates (`eval_every_steps`, through the trainer's `evaluate(state)`) and writes `eval/...`;
 * saves a checkpoint when one is due, after an eval (keep-best ranks it by its metrics) and at
   the end, with the data iterator's position;
 * on a preemption notice (SIGTERM, or JAX's multi-host sync point: `preemption`), finishes the
   step, saves it, waits until the checkpoint is written and raises `RunPreempted`; a rerun
   resumes from exactly that step.
+
+Rates cover the wall time between two logs less the evals, so the first one includes compiling
+the step (and a profiled interval the tracing overhead).
 
 Metrics stay on the devices between those points (fetching every step would stall the device
 pipeline) and are checked when fetched: the loss, gradient norm and parameter norm of every
@@ -21,9 +26,10 @@ after every step up to it was checked, so a saved state never follows a non-fini
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -36,6 +42,8 @@ from mobilebert_jax.train import checkpointing, preemption, summaries
 PyTree = Any
 # Train metrics that must stay finite; a NaN in any of them poisons the next update.
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
+# The count of model FLOPs per step, reported as `tflops_per_sec` and `mfu` rather than a rate.
+FLOPS = "flops"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,8 +59,19 @@ class LoopSettings:
     log_every_steps: fetch, check and write train metrics every N steps (and at the end).
     eval_every_steps: evaluate every N steps before the end (0: never during training).
     progress_bar: show a tqdm bar (process 0).
-    counts_per_step: per-step amounts reported as rates, e.g. `{"examples": 32,
-      "tokens": 32 * 384}` gives `examples_per_sec` and `tokens_per_sec`.
+    counts_per_step: amounts every step processes, reported as rates: `{"examples": 32}` gives
+      `examples_per_sec`. The name `"flops"` (model FLOPs of one update, all devices together)
+      gives `tflops_per_sec` and `mfu` instead (see `rates`).
+    batch_counts: amounts of one global batch read from its shapes (no device sync), for steps
+      whose batches differ (length buckets), e.g. `{"sequences": B, "tokens": B * T, "flops":
+      B * flops.train_step_flops(config, T, head=...)}`; added to `counts_per_step`.
+    peak_flops_per_sec: the peak FLOP/s of all devices together (`flops.peak_flops`), the
+      denominator of `mfu`; None: unknown device, no `mfu`.
+    profile_steps: `(start, stop)`: trace steps start .. stop - 1 (steps count updates from 1,
+      as checkpoints do) with `jax.profiler`; None: no trace. A run resumed inside the window
+      traces the rest of it, one resumed past it none.
+    profile_dir: where the trace goes (TensorBoard's profile plugin reads it); needed with
+      `profile_steps`.
   """
 
   total_steps: int
@@ -60,6 +79,22 @@ class LoopSettings:
   eval_every_steps: int = 0
   progress_bar: bool = True
   counts_per_step: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  batch_counts: Callable[[PyTree], Mapping[str, float]] | None = None
+  peak_flops_per_sec: float | None = None
+  profile_steps: tuple[int, int] | None = None
+  profile_dir: str | None = None
+
+  def __post_init__(self):
+    if self.profile_steps is None:
+      return
+    window = tuple(self.profile_steps)
+    if len(window) != 2 or not 1 <= window[0] < window[1]:
+      raise ValueError(
+        f"profile_steps must be (start, stop) with 1 <= start < stop, got {self.profile_steps!r}"
+      )
+    if not self.profile_dir:
+      raise ValueError("profile_steps needs a profile_dir to write the trace to")
+    object.__setattr__(self, "profile_steps", (int(window[0]), int(window[1])))
 
 
 def run_train_loop(
@@ -100,24 +135,25 @@ def run_train_loop(
   """
   total_steps = settings.total_steps
   pending = _PendingMetrics(manager)
-  last_log = (start_step, time.time())
+  throughput = _Throughput(settings, start_step)
   with (
     summaries.ProgressBar(total_steps, start_step, enabled=settings.progress_bar) as bar,
     preemption.PreemptionWatcher() as watcher,
+    _ProfileWindow(settings, start_step) as profile,
   ):
     for step in range(start_step + 1, total_steps + 1):
+      batch = next_batch()
+      throughput.add(batch)
+      profile.before_step(step)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = train_step(state, next_batch())
+        state, metrics = train_step(state, batch)
+      profile.after_step(step, metrics)
       pending.add(step, metrics)
       bar.update()
 
       if step % settings.log_every_steps == 0 or step == total_steps:
-        means = pending.pop_means()
-        steps_per_sec = (step - last_log[0]) / max(time.time() - last_log[1], 1e-9)
-        means["steps_per_sec"] = steps_per_sec
-        for name, count in settings.counts_per_step.items():
-          means[f"{name}_per_sec"] = steps_per_sec * count
-        last_log = (step, time.time())
+        means = pending.pop_means()  # waits for the steps, so the rates below are measured
+        means.update(throughput.pop_rates(step))
         writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
         bar.set_metrics(loss=means["loss"])
         logging.info("step %d/%d: %s", step, total_steps, format_metrics(means))
@@ -126,7 +162,8 @@ def run_train_loop(
       due = settings.eval_every_steps and step % settings.eval_every_steps == 0
       if evaluate is not None and due and step < total_steps:
         pending.check()
-        eval_metrics = evaluate(state)
+        with throughput.paused():  # evaluating is not training throughput
+          eval_metrics = evaluate(state)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         logging.info("eval at step %d: %s", step, format_metrics(eval_metrics))
 
@@ -141,6 +178,131 @@ def run_train_loop(
         logging.warning("preempted: checkpoint step %d written to %s", step, manager.directory)
         raise RunPreempted(step, str(manager.directory))
   return state
+
+
+def rates(
+  totals: Mapping[str, float], steps: int, seconds: float, peak_flops_per_sec: float | None
+) -> dict[str, float]:
+  """The rates logged with the train metrics.
+
+  Args:
+    totals: amounts processed over the interval (see `LoopSettings.counts_per_step`).
+    steps: updates in the interval.
+    seconds: its wall time.
+    peak_flops_per_sec: peak FLOP/s of all devices together, or None.
+
+  Returns:
+    `steps_per_sec` and `<name>_per_sec` for each amount, except that `flops` gives
+    `tflops_per_sec` (model TFLOP/s of all devices together, not per device) and, with a peak,
+    `mfu` (model FLOP/s over the devices' peak).
+  """
+  seconds = max(seconds, 1e-9)
+  result = {"steps_per_sec": steps / seconds}
+  for name, total in totals.items():
+    if name == FLOPS:
+      result["tflops_per_sec"] = total / seconds / 1e12
+      if peak_flops_per_sec:
+        result["mfu"] = total / seconds / peak_flops_per_sec
+    else:
+      result[f"{name}_per_sec"] = total / seconds
+  return result
+
+
+class _Throughput:
+  """Sums what the steps since the last log processed and turns it into `rates`."""
+
+  def __init__(self, settings: LoopSettings, start_step: int):
+    self._settings = settings
+    self._totals: dict[str, float] = {}
+    self._last = (start_step, time.time())
+    self._logged_setup = False
+
+  def add(self, batch: PyTree) -> None:
+    counts = dict(self._settings.counts_per_step)
+    if self._settings.batch_counts is not None:
+      for name, value in self._settings.batch_counts(batch).items():
+        counts[name] = counts.get(name, 0) + value
+    if not self._logged_setup:
+      self._log_setup(counts)
+    for name, value in counts.items():
+      self._totals[name] = self._totals.get(name, 0) + value
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Leaves the time spent inside out of the next rates."""
+    start = time.time()
+    try:
+      yield
+    finally:
+      step, since = self._last
+      self._last = (step, since + time.time() - start)
+
+  def pop_rates(self, step: int) -> dict[str, float]:
+    now = time.time()
+    result = rates(
+      self._totals, step - self._last[0], now - self._last[1], self._settings.peak_flops_per_sec
+    )
+    self._totals, self._last = {}, (step, now)
+    return result
+
+  def _log_setup(self, counts: Mapping[str, float]) -> None:
+    """Says once what `tflops_per_sec` and `mfu` are computed from."""
+    self._logged_setup = True
+    if FLOPS not in counts:
+      return
+    peak = self._settings.peak_flops_per_sec
+    logging.info(
+      "throughput: %.4g model GFLOP in the first step; peak of the %d %s device(s): %s",
+      counts[FLOPS] / 1e9,
+      jax.device_count(),
+      jax.devices()[0].device_kind,
+      f"{peak / 1e12:.4g} TFLOP/s" if peak else "unknown (no mfu)",
+    )
+
+
+class _ProfileWindow(contextlib.AbstractContextManager):
+  """Traces the steps of `settings.profile_steps` that this run executes (see `LoopSettings`).
+
+  Every process traces its own devices into the same directory (`jax.profiler` names each
+  host's file after it), which is what TensorBoard's multi-host profile view reads.
+  """
+
+  def __init__(self, settings: LoopSettings, start_step: int):
+    self._first = self._last = None
+    self._directory = settings.profile_dir
+    self._active = False
+    if settings.profile_steps is None:
+      return
+    start, stop = settings.profile_steps
+    first, last = max(start, start_step + 1), min(stop - 1, settings.total_steps)
+    if first > last:
+      logging.info(
+        "profile_steps %s: no step of it runs (steps %d..%d), no trace",
+        settings.profile_steps,
+        start_step + 1,
+        settings.total_steps,
+      )
+      return
+    self._first, self._last = first, last
+
+  def before_step(self, step: int) -> None:
+    if step == self._first:
+      logging.info("profiling steps %d..%d into %s", self._first, self._last, self._directory)
+      jax.profiler.start_trace(self._directory)
+      self._active = True
+
+  def after_step(self, step: int, outputs: PyTree) -> None:
+    if step == self._last and self._active:
+      jax.block_until_ready(outputs)  # the trace must hold the last step's device work
+      self._stop()
+
+  def _stop(self) -> None:
+    self._active = False
+    jax.profiler.stop_trace()
+
+  def __exit__(self, *exc: Any) -> None:
+    if self._active:  # an error or a preemption inside the window: keep what was traced
+      self._stop()
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

@@ -29,24 +29,24 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
 from mobilebert_jax import tasks
 from mobilebert_jax.data.batching import BatchIterator
-from mobilebert_jax.errors import RunConfigError
+from mobilebert_jax.data.bucketing import BucketedBatchIterator
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.train import (
   checkpointing,
   distributed,
   evaluation,
-  initialization,
+  flops,
   loop,
   optim,
-  run_files,
+  setup,
   sharding,
   steps,
   summaries,
@@ -70,61 +70,39 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     loop.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
     FileNotFoundError, ValueError: bad data files, init source or settings (with the reason).
   """
-  is_main = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   task = tasks.get_task(config.task)
   # A checkpoint in the workdir decides the model; look before reading any data.
-  checkpoint_dir = os.path.join(workdir, run_files.CHECKPOINTS_DIR)
-  resume_metadata = run_files.latest_checkpoint_metadata(checkpoint_dir, config.resume_step)
-  if resume_metadata is not None:
-    _check_same_task(resume_metadata, task, checkpoint_dir)
-  else:
-    run_files.refuse_if_checkpoints_were_lost(checkpoint_dir)
+  resume = setup.find_resume(workdir, config, task.name)
 
   # ------------------------------------------------------------------------------------------
   # Tokenizer and data
   # ------------------------------------------------------------------------------------------
-  vocab_file = initialization.find_vocab_file(config, workdir)
-  tokenizer = initialization.load_tokenizer(vocab_file, config.tokenizer.do_lower_case)
-  if is_main:
-    initialization.keep_vocab(vocab_file, workdir)
-  start = time.time()
+  tokenizer = setup.run_tokenizer(config, workdir)
+  started = time.time()
   train_features = task.train_features(config, tokenizer)
   eval_sets = task.eval_sets(config, tokenizer)
   num_train = len(next(iter(train_features.values())))
   logging.info(
-    "%s: %d training rows, eval sets %s (%.1fs to read and featurise; vocabulary %s)",
+    "%s: %d training rows, eval sets %s (%.1fs to read and featurise)",
     task.name,
     num_train,
     {s.name: len(s) for s in eval_sets},
-    time.time() - start,
-    vocab_file,
+    time.time() - started,
   )
   total_steps = _total_steps(config, num_train)
 
   # ------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------
-  mesh = sharding.make_mesh(tuple(config.mesh_shape))
-  rules = sharding.logical_axis_rules(config.sharding_rules)
-  _check_batch_size(config, mesh.size)
-  eval_batch_size = -(-config.eval.batch_size // mesh.size) * mesh.size
-  batch_sharding = sharding.batch_sharding(mesh)
+  devices = setup.make_devices(config)
 
   # ------------------------------------------------------------------------------------------
   # Model: the checkpoint's when resuming, else from `init_from` (or from scratch)
   # ------------------------------------------------------------------------------------------
-  if resume_metadata is not None:
-    saved_config = MobileBertConfig.from_dict(resume_metadata["model_config"], source="hf")
-    model_config = initialization.resume_model_config(
-      saved_config, initialization.config_overrides(config, task)
-    )
-    initial = None
-  else:
-    initial = initialization.initial_weights(config, task, tokenizer)
-    model_config = initial.model_config
-    weights_source = initial.description
+  initial = setup.first_weights(config, task, tokenizer, resume)
+  model_config = initial.model_config
   model = task.model_class(model_config)
 
   # ------------------------------------------------------------------------------------------
@@ -133,7 +111,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   optimizer, schedule = optim.build_optimizer(
     **config.optimizer.to_dict(), total_steps=max(total_steps, 1)
   )
-  state_shardings = sharding.train_state_shardings(model, optimizer, mesh, rules)
+  state_shardings = sharding.train_state_shardings(model, optimizer, devices.mesh, devices.rules)
   train_step = sharding.jit_train_step(
     steps.make_train_step(
       steps.model_loss_fn(model, task.make_loss(model_config)),
@@ -141,14 +119,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       grad_accum_steps=config.grad_accum_steps,
       learning_rate_fn=schedule,
     ),
-    mesh,
-    rules,
+    devices.mesh,
+    devices.rules,
     state_shardings,
   )
   eval_step = sharding.jit_eval_step(
     steps.make_eval_step(model, outputs_fn=evaluation.with_bookkeeping(task.eval_outputs)),
-    mesh,
-    rules,
+    devices.mesh,
+    devices.rules,
     state_shardings.params,
   )
 
@@ -157,19 +135,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       eval_step,
       params,
       eval_sets,
-      global_batch_size=eval_batch_size,
-      batch_sharding=batch_sharding,
+      global_batch_size=devices.eval_batch_size,
+      batch_sharding=devices.batch_sharding,
       output_dir=output_dir,
     )
 
   # ------------------------------------------------------------------------------------------
   # Checkpoints and the train state: restored, built around the first weights, or initialised
   # ------------------------------------------------------------------------------------------
-  train_batches = BatchIterator(
-    train_features, config.batch_size, shuffle=True, seed=config.seed, drop_remainder=True
-  )
+  train_batches = _train_batches(config, train_features)
   manager = checkpointing.CheckpointManager(
-    checkpoint_dir,
+    resume.checkpoint_dir,
     save_interval_steps=config.checkpoint_every_steps,
     max_to_keep=config.keep_checkpoints,
     best_metric=task.main_metric if config.eval_every_steps > 0 else None,
@@ -178,56 +154,50 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   )
   writer = summaries.MetricWriter(workdir)
   with manager, writer:
-    if resume_metadata is not None:
-      restored = manager.restore_or_fall_back(
-        sharding.abstract_train_state(model, optimizer, mesh, rules), config.resume_step
-      )
-      state, start_step = restored.state, restored.step
-      train_batches.set_state(restored.data_state)
-      weights_source = f"resumed from {checkpoint_dir} step {start_step}"
-    elif initial.params is not None:
-      state = sharding.create_train_state_from_params(
-        initial.params, optimizer, state_shardings, rng=config.seed
-      )
-      start_step = 0
-    else:
-      state = sharding.create_train_state(model, optimizer, mesh, rules, rng=config.seed)
-      start_step = 0
-    del initial  # the host copy of the first weights is no longer needed
-
-    num_params = sharding.count_params(state.params)
-    logging.info(
-      "%s | %s | steps %d -> %d (%d training rows) | weights: %s",
-      task.name,
-      sharding.describe_setup(mesh, config.batch_size, num_params, config.sharding_rules),
-      start_step,
-      total_steps,
-      num_train,
-      weights_source,
+    start = setup.start_train_state(
+      config=config,
+      resume=resume,
+      initial=initial,
+      model=model,
+      optimizer=optimizer,
+      devices=devices,
+      state_shardings=state_shardings,
+      manager=manager,
+      data_iterator=train_batches,
     )
-    if start_step > total_steps:
-      logging.warning("the checkpoint (step %d) is past num_train_steps", start_step)
-    if is_main:
-      run_files.write_run_files(
-        workdir, config, model_config, weights_source, start_step, num_params
-      )
-      writer.write_text("config", config.to_json_best_effort(indent=2), start_step)
+    del initial  # the host copy of the first weights is no longer needed
+    setup.record_start(
+      workdir=workdir,
+      config=config,
+      model_config=model_config,
+      devices=devices,
+      start=start,
+      total_steps=total_steps,
+      writer=writer,
+      what=f"{task.name} ({num_train} training rows)",
+    )
 
     # ----------------------------------------------------------------------------------------
     # Train loop
     # ----------------------------------------------------------------------------------------
     state = loop.run_train_loop(
-      state,
-      start_step=start_step,
+      start.state,
+      start_step=start.step,
       settings=loop.LoopSettings(
         total_steps=total_steps,
         log_every_steps=config.log_every_steps,
         eval_every_steps=config.eval_every_steps,
         progress_bar=config.progress_bar,
         counts_per_step={"examples": config.batch_size},
+        batch_counts=_batch_counts(model_config, flops.head_of(task.model_class)),
+        peak_flops_per_sec=flops.peak_flops(list(devices.mesh.devices.flat), model_config.dtype),
+        profile_steps=config.get("profile_steps") or None,
+        profile_dir=os.path.join(workdir, "profile"),
       ),
       train_step=train_step,
-      next_batch=lambda: distributed.global_batch_from_local(next(train_batches), batch_sharding),
+      next_batch=lambda: distributed.global_batch_from_local(
+        next(train_batches), devices.batch_sharding
+      ),
       data_state=train_batches.get_state,
       manager=manager,
       writer=writer,
@@ -237,12 +207,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     # ----------------------------------------------------------------------------------------
     # Final evaluation
     # ----------------------------------------------------------------------------------------
-    final_step = max(total_steps, start_step)
     final_metrics = run_eval(state.params, workdir)
-    writer.write_scalars(final_step, {f"eval/{k}": v for k, v in final_metrics.items()})
-    logging.info("final eval (step %d): %s", final_step, loop.format_metrics(final_metrics))
-    if is_main:
-      run_files.write_json(os.path.join(workdir, run_files.EVAL_METRICS_FILE), final_metrics)
+    setup.record_final_metrics(workdir, writer, max(total_steps, start.step), final_metrics)
   return final_metrics
 
 
@@ -265,19 +231,47 @@ def _total_steps(config: ConfigDict, num_train: int) -> int:
   return math.ceil(config.num_epochs * steps_per_epoch)
 
 
-def _check_batch_size(config: ConfigDict, num_devices: int) -> None:
-  per_update = config.batch_size // max(config.grad_accum_steps, 1)
-  if config.batch_size % config.grad_accum_steps or per_update % num_devices:
-    raise ValueError(
-      f"--config.batch_size={config.batch_size} must split into grad_accum_steps="
-      f"{config.grad_accum_steps} microbatches that each divide over the {num_devices} devices"
+def _train_batches(
+  config: ConfigDict, features: dict[str, Any]
+) -> BatchIterator | BucketedBatchIterator:
+  """The training batches: full length, or cut to `config.data.bucket_lengths` when set.
+
+  Bucketed batches reach the same jitted step, which compiles once per bucket length; an epoch
+  has as many batches either way, so `_total_steps` holds for both. Evaluation stays at full
+  length. What bucketing does to the model's outputs: `mobilebert_jax.data.bucketing`.
+  """
+  bucket_lengths = tuple(config.data.get("bucket_lengths") or ())
+  if not bucket_lengths:
+    return BatchIterator(
+      features, config.batch_size, shuffle=True, seed=config.seed, drop_remainder=True
     )
+  batches = BucketedBatchIterator(
+    features,
+    config.batch_size,
+    bucket_lengths=bucket_lengths,
+    shuffle=True,
+    seed=config.seed,
+    drop_remainder=True,
+  )
+  logging.info("%s", batches.describe())
+  return batches
 
 
-def _check_same_task(metadata: dict[str, Any], task: tasks.Task, checkpoint_dir: str) -> None:
-  saved_task = (metadata.get("train_config") or {}).get("task")
-  if saved_task != task.name:
-    raise RunConfigError(
-      f"{checkpoint_dir} holds a checkpoint of task {saved_task!r}, not {task.name!r}: use "
-      "another --workdir (or pass the old one as --init_from to start from its weights)"
-    )
+def _batch_counts(model_config: MobileBertConfig, head: str) -> Callable[[PyTree], dict[str, int]]:
+  """What one global training batch holds, read from its shapes, for the loop's rates.
+
+  Sequences count each choice of a multiple-choice example. Tokens are padded tokens (the
+  batch's length: `max_seq_length`, or its bucket's), and the model FLOPs (`train.flops`, a
+  train step of the task's head) are those of the padded batch, which is what the devices run.
+  """
+
+  def counts(batch: PyTree) -> dict[str, int]:
+    *leading, length = batch["input_ids"].shape  # [B, T], or [B, choices, T]
+    sequences = math.prod(leading)
+    return {
+      "sequences": sequences,
+      "tokens": sequences * length,
+      loop.FLOPS: sequences * flops.train_step_flops(model_config, length, head=head),
+    }
+
+  return counts
