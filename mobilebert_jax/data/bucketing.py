@@ -1,11 +1,11 @@
 """Length-bucketed, deterministic, resumable, multi-host batches of fine-tuning features.
 
-Fine-tuning rows are padded to `max_seq_length` (128 for GLUE and CoNLL), but most are much
-shorter: an SST-2 sentence is about 13 WordPieces, an MRPC pair about 50. `BucketedBatchIterator`
-cuts that padding away while keeping the shapes static: every example goes to one of a few
-bucket lengths (e.g. 32, 64, 96, 128), each global batch holds examples of one bucket only, and
-its sequence arrays are truncated to that bucket's length. A jitted step then compiles once per
-bucket (four shapes, not one per batch), which is what TPUs need.
+Fine-tuning rows are padded to `max_seq_length` (128 for GLUE and CoNLL), but most GLUE
+sentences and pairs and most CoNLL sentences are far shorter. `BucketedBatchIterator` cuts that
+padding away while keeping the shapes static: every example goes to one of a few bucket lengths
+(e.g. 32, 64, 96, 128), each global batch holds examples of one bucket only, and its sequence
+arrays are truncated to that bucket's length. A jitted step then compiles once per bucket (four
+shapes, not one per batch), which is what TPUs need.
 
 **The rule.** An example whose last real token (from `attention_mask`) sits at position `r - 1`
 goes to the smallest bucket longer than `r`, so that position `r` still holds the `[PAD]` token
