@@ -81,7 +81,11 @@ class ModelSpec:
 
 # MLM + NSP pretraining (`mobilebert_jax.trainers.pretraining`).
 PRETRAINING = ModelSpec("pretraining", MobileBertForPreTraining)
-_MODEL_SPECS = {spec.name: spec for spec in (PRETRAINING,)}
+# The two runs of a distillation (`mobilebert_jax.trainers.distillation`): layer-wise transfer
+# (`workdir/phase1`) and pretraining distillation (`workdir`, the finished student).
+DISTILLATION_TRANSFER = ModelSpec("distillation_transfer", MobileBertForPreTraining)
+DISTILLATION = ModelSpec("distillation", MobileBertForPreTraining)
+_MODEL_SPECS = {spec.name: spec for spec in (PRETRAINING, DISTILLATION_TRANSFER, DISTILLATION)}
 RunModel = Task | ModelSpec
 
 

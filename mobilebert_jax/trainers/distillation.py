@@ -1,0 +1,612 @@
+"""Distillation: `train_and_evaluate(config, workdir)`, a MobileBERT student from a teacher.
+
+The recipe of the paper and of the original TF1 code (docs/training.md §distillation), as two
+runs of the shared training loop over the pretraining data:
+
+1. `workdir/phase1/`: layer-wise knowledge transfer (`config.distill.strategy`): "progressive"
+   (the default: L stages of P steps, stage k training block k at 3× the rate, earlier blocks
+   at 0.3×, later ones frozen) or "joint" (every block at once, every step). Everything outside
+   the encoder is frozen and was copied from the teacher.
+2. `workdir/`: pretraining distillation, MLM against α·one-hot + (1 − α)·teacher distribution
+   plus NSP, with a fresh optimizer and step counter, from phase 1's weights. The "auxiliary"
+   strategy has no phase 1 and adds every block's transfer terms to this loss.
+
+`distill.phase1_steps=0` with strategy "progressive" or "joint" gives pretraining distillation
+alone (from the teacher's copied embeddings and heads). The teacher runs forward only, without
+dropout, sharded like the student and passed to the jitted step as its frozen tree (optionally
+in bfloat16: `teacher_dtype`); in stage k both models run only the blocks the stage's losses
+read (`distillation.TransferSettings.blocks`), one compiled step per stage.
+
+Each phase is an ordinary run directory (checkpoints with the data position, metrics,
+TensorBoard); rerunning the command resumes where a run stopped: inside phase 1, at its end, or
+inside phase 2. The finished `workdir` is a pretraining-style workdir: fine-tuning takes it as
+`--init_from`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from mobilebert_jax.errors import RunConfigError
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MobileBertForPreTraining, abstract_params, init_params
+from mobilebert_jax.train import (
+  checkpointing,
+  distillation,
+  distributed,
+  flops,
+  initialization,
+  loop,
+  optim,
+  setup,
+  sharding,
+  steps,
+  summaries,
+  transfer_losses,
+)
+from mobilebert_jax.trainers import pretraining
+
+Array = jax.Array
+ConfigDict = ml_collections.ConfigDict
+PyTree = Any
+
+PHASE1_DIR = "phase1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One of the two runs.
+
+  Attributes:
+    spec: what it trains (its name is recorded in its checkpoints).
+    workdir: its run directory.
+    total_steps: its length in updates.
+    optimizer: its optimizer (a fresh state at its start).
+    stage_of: update count -> the stage whose compiled step runs it (None: one step for all).
+    loss_for_stage: stage -> the step loss.
+    blocks_of_stage: stage -> (student, teacher) blocks run, for the cost split; None: all.
+    evaluate: evaluate the held-out MLM/NSP metrics during and after it.
+  """
+
+  spec: initialization.ModelSpec
+  workdir: str
+  total_steps: int
+  optimizer: optim.Optimizer
+  stage_of: Callable[[int], int | None]
+  loss_for_stage: Callable[[int | None], steps.StepLossFn]
+  blocks_of_stage: Callable[[int | None], tuple[int | None, int | None]]
+  evaluate: bool
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
+  """Distils a student from `config.teacher` as `config` says, writing into `workdir`.
+
+  Returns:
+    The student's final held-out metrics (also in `workdir/eval_metrics.json`); empty when the
+    config names no held-out data.
+
+  Raises:
+    RunConfigError, FileNotFoundError: a bad teacher, data or setting (with the reason).
+    loop.NonFiniteLossError: the loss became NaN or infinite.
+  """
+  if config.task != initialization.DISTILLATION.name:
+    raise RunConfigError(f"config.task is {config.task!r}: not a distillation config")
+  if not config.teacher:
+    raise RunConfigError("no teacher: pass --teacher=SOURCE (a pretraining workdir, HF dir, ...)")
+  _check_distill_settings(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+  # The vocabulary: the config's, the workdir's, else the one beside the teacher's weights.
+  vocab_config = config.copy_and_resolve_references()
+  vocab_config.init_from = config.teacher
+  tokenizer = setup.run_tokenizer(vocab_config, workdir)
+  eval_sets = pretraining.eval_features(config, tokenizer)
+  devices = setup.make_devices(config)
+
+  # ------------------------------------------------------------------------------------------
+  # The two models: the teacher's weights (frozen, sharded), the student's architecture
+  # ------------------------------------------------------------------------------------------
+  teacher_config, teacher_params = load_teacher(config, tokenizer)
+  teacher_model = MobileBertForPreTraining(teacher_config)
+  teacher_shardings = sharding.params_shardings(
+    abstract_params(teacher_model, boxed=True), devices.mesh, devices.rules
+  )
+  teacher_params = sharding.put_tree(teacher_params, teacher_shardings)
+  student_config = _student_config(config, tokenizer, teacher_config)
+  student_model = MobileBertForPreTraining(student_config)
+  pretraining._check_lengths(config, student_config)
+  settings = transfer_settings(config, student_config, teacher_config)
+
+  def first_student_params() -> PyTree:
+    params = init_params(student_model, config.seed)
+    if not config.distill.copy_from_teacher:
+      return params
+    try:
+      params, report = distillation.copy_from_teacher(
+        params,
+        jax.device_get(teacher_params),
+        student_config=student_config,
+        teacher_config=teacher_config,
+      )
+    except ValueError as e:
+      raise RunConfigError(str(e)) from None
+    logging.info(
+      "student initialised from the teacher: copied %d tensors %s; kept as initialised "
+      "(the teacher has none of that name, or the original does not copy it): %s",
+      len(report.copied),
+      list(report.copied),
+      list(report.kept),
+    )
+    return params
+
+  run_phase = _PhaseRunner(
+    config=config,
+    tokenizer=tokenizer,
+    devices=devices,
+    student_model=student_model,
+    teacher_model=teacher_model,
+    teacher_params=teacher_params,
+    teacher_shardings=teacher_shardings,
+    eval_sets=eval_sets,
+  )
+
+  # ------------------------------------------------------------------------------------------
+  # Phase 2 already under way: nothing of phase 1 is needed
+  # ------------------------------------------------------------------------------------------
+  phase2 = distillation_phase(config, workdir, settings, student_model, teacher_model)
+  resume = setup.find_resume(workdir, _phase_config(config, phase2), phase2.spec.name)
+  if resume.resuming:
+    _, metrics = run_phase(phase2, first_params=None)
+    return metrics
+
+  # ------------------------------------------------------------------------------------------
+  # Phase 1 (run, resumed, or found finished), then phase 2 from its weights
+  # ------------------------------------------------------------------------------------------
+  first = first_student_params
+  phase1 = transfer_phase(config, workdir, settings, student_model, teacher_model)
+  if phase1 is not None:
+    transferred, _ = run_phase(phase1, first_params=first_student_params)
+    host = jax.device_get(transferred)
+    del transferred
+
+    def first() -> PyTree:
+      return host
+
+  _, metrics = run_phase(phase2, first_params=first)
+  return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The phases
+# ----------------------------------------------------------------------------------------------
+
+
+def transfer_settings(
+  config: ConfigDict, student_config: MobileBertConfig, teacher_config: MobileBertConfig
+) -> distillation.TransferSettings:
+  """The layer-wise transfer settings of `config.distill`."""
+  d = config.distill
+  try:
+    layer_map = distillation.resolve_layer_map(
+      d.layer_map, student_config.num_hidden_layers, teacher_config.num_hidden_layers
+    )
+  except ValueError as e:
+    raise RunConfigError(f"--config.distill.layer_map: {e}") from None
+  _check_transfer_widths(student_config, teacher_config)
+  return distillation.TransferSettings(
+    layer_map=layer_map,
+    semantics=transfer_losses.Semantics(
+      name="tf1",
+      layer_norm_eps=d.layer_norm_eps,
+      tf1_all_layer_statistics=d.teacher_all_layer_statistics,
+    ),
+    factors=transfer_losses.TransferFactors(**d.factors.to_dict()),
+    steps_per_stage=max(d.steps_per_stage, 1),
+    strategy=d.strategy,
+  )
+
+
+def transfer_phase(
+  config: ConfigDict,
+  workdir: str,
+  settings: distillation.TransferSettings,
+  student_model: MobileBertForPreTraining,
+  teacher_model: MobileBertForPreTraining,
+) -> Phase | None:
+  """Phase 1 (None for the "auxiliary" strategy or `distill.phase1_steps=0`)."""
+  total = phase1_steps(config, settings.num_layers)
+  if total == 0:
+    return None
+  optimizer = distillation.transfer_optimizer(
+    settings,
+    total_steps=total,
+    layer_rate_boost=config.distill.layer_rate_boost,
+    **config.transfer_optimizer.to_dict(),
+  )
+  return Phase(
+    spec=initialization.DISTILLATION_TRANSFER,
+    workdir=os.path.join(workdir, PHASE1_DIR),
+    total_steps=total,
+    optimizer=optimizer,
+    stage_of=settings.stage_of,
+    loss_for_stage=lambda stage: distillation.transfer_loss_fn(
+      student_model, teacher_model, settings, stage
+    ),
+    blocks_of_stage=settings.blocks,
+    evaluate=False,
+  )
+
+
+def distillation_phase(
+  config: ConfigDict,
+  workdir: str,
+  settings: distillation.TransferSettings,
+  student_model: MobileBertForPreTraining,
+  teacher_model: MobileBertForPreTraining,
+) -> Phase:
+  """Phase 2: pretraining distillation (with every block's transfer terms for "auxiliary")."""
+  d = config.distill
+  loss = distillation.DistillationSettings(
+    ground_truth_ratio=d.ground_truth_ratio,
+    temperature=d.temperature,
+    mlm_denominator_eps=config.loss.mlm_denominator_eps,
+    transfer=settings if d.strategy == "auxiliary" else None,
+  )
+  total = pretraining._total_steps(config)
+  try:
+    optimizer = optim.build_optimizer(**config.optimizer.to_dict(), total_steps=max(total, 1))
+  except ValueError as e:
+    raise RunConfigError(f"--config.optimizer: {e}") from None
+  return Phase(
+    spec=initialization.DISTILLATION,
+    workdir=workdir,
+    total_steps=total,
+    optimizer=optimizer,
+    stage_of=lambda step: None,
+    loss_for_stage=lambda stage: distillation.distillation_loss_fn(
+      student_model, teacher_model, loss
+    ),
+    blocks_of_stage=lambda stage: (None, None),
+    evaluate=True,
+  )
+
+
+def phase1_steps(config: ConfigDict, num_layers: int) -> int:
+  """Phase 1's length: `distill.phase1_steps`, or L·P when it is None (0 for "auxiliary")."""
+  d = config.distill
+  if d.strategy == "auxiliary":
+    return 0
+  if d.phase1_steps is not None:
+    return int(d.phase1_steps)
+  return num_layers * d.steps_per_stage
+
+
+class _PhaseRunner:
+  """Runs a `Phase` with the shared start-up, loop and checkpoints (the trainer's loop body)."""
+
+  def __init__(
+    self,
+    *,
+    config: ConfigDict,
+    tokenizer: Any,
+    devices: setup.Devices,
+    student_model: MobileBertForPreTraining,
+    teacher_model: MobileBertForPreTraining,
+    teacher_params: PyTree,
+    teacher_shardings: PyTree,
+    eval_sets: dict[str, Any],
+  ):
+    self.config = config
+    self.tokenizer = tokenizer
+    self.devices = devices
+    self.student_model = student_model
+    self.teacher_model = teacher_model
+    self.teacher_params = teacher_params
+    self.teacher_shardings = teacher_shardings
+    self.eval_sets = eval_sets
+
+  def __call__(
+    self, phase: Phase, *, first_params: Callable[[], PyTree] | None
+  ) -> tuple[PyTree, dict[str, float]]:
+    """Runs (or resumes, or finds finished) `phase`; returns its final params and metrics."""
+    config, devices = _phase_config(self.config, phase), self.devices
+    model_config = self.student_model.config
+    os.makedirs(phase.workdir, exist_ok=True)
+    resume = setup.find_resume(phase.workdir, config, phase.spec.name)
+    if resume.resuming:  # the checkpoint must hold this student (a clear error otherwise)
+      saved = MobileBertConfig.from_dict(resume.metadata["model_config"], source="hf")
+      initialization.resume_model_config(saved, initialization.config_overrides(config, phase.spec))
+    train_batches = pretraining.train_batch_schedule(config, self.tokenizer, phase.total_steps)
+    state_shardings = sharding.train_state_shardings(
+      self.student_model, phase.optimizer.transformation, devices.mesh, devices.rules
+    )
+    staged = StagedTrainStep(
+      lambda stage: sharding.jit_train_step(
+        steps.make_train_step(
+          phase.loss_for_stage(stage),
+          phase.optimizer.transformation,
+          grad_accum_steps=config.grad_accum_steps,
+          learning_rate_fn=phase.optimizer.schedule,
+        ),
+        devices.mesh,
+        devices.rules,
+        state_shardings,
+        self.teacher_shardings,
+      ),
+      phase.stage_of,
+      self.teacher_params,
+      describe=lambda stage: self._cost_split(phase, stage),
+    )
+    run_eval = None
+    if phase.evaluate and self.eval_sets:
+      eval_step = sharding.jit_eval_step(
+        steps.make_eval_step(
+          self.student_model,
+          outputs_fn=pretraining.mlm_nsp_sums,
+          model_inputs_fn=pretraining.pretraining_inputs,
+        ),
+        devices.mesh,
+        devices.rules,
+        state_shardings.params,
+      )
+
+      def run_eval(params: PyTree) -> dict[str, float]:
+        return pretraining.evaluate(eval_step, params, self.eval_sets, devices)
+
+    manager = checkpointing.CheckpointManager(
+      resume.checkpoint_dir,
+      save_interval_steps=config.checkpoint_every_steps,
+      max_to_keep=config.keep_checkpoints,
+      model_config=model_config,
+      train_config=config,
+    )
+    writer = summaries.MetricWriter(phase.workdir)
+    with manager, writer:
+      params = None if resume.resuming else first_params()
+      initial = initialization.InitialWeights(model_config, params, "the teacher and phase 1")
+      start = setup.start_train_state(
+        config=config,
+        resume=resume,
+        initial=initial,
+        model=self.student_model,
+        optimizer=phase.optimizer.transformation,
+        devices=devices,
+        state_shardings=state_shardings,
+        manager=manager,
+        data_iterator=train_batches,
+      )
+      del initial, params
+      setup.record_start(
+        workdir=phase.workdir,
+        config=config,
+        model_config=model_config,
+        devices=devices,
+        start=start,
+        total_steps=phase.total_steps,
+        writer=writer,
+        what=phase.spec.name,
+      )
+      staged.step = start.step
+      state = loop.run_train_loop(
+        start.state,
+        start_step=start.step,
+        settings=loop.LoopSettings(
+          total_steps=phase.total_steps,
+          log_every_steps=config.log_every_steps,
+          eval_every_steps=config.eval_every_steps if run_eval else 0,
+          progress_bar=config.progress_bar,
+          batch_counts=lambda batch: self._batch_counts(phase, staged.next_stage(), batch),
+          peak_flops_per_sec=flops.peak_flops(list(devices.mesh.devices.flat), model_config.dtype),
+          profile_steps=config.get("profile_steps") or None,
+          profile_dir=os.path.join(phase.workdir, "profile"),
+        ),
+        train_step=staged,
+        next_batch=lambda: distributed.global_batch_from_local(
+          next(train_batches), devices.batch_sharding
+        ),
+        data_state=train_batches.get_state,
+        manager=manager,
+        writer=writer,
+        evaluate=(lambda s: run_eval(s.params)) if run_eval else None,
+      )
+      metrics: dict[str, float] = {}
+      if run_eval is not None:
+        metrics = run_eval(state.params)
+        setup.record_final_metrics(
+          phase.workdir, writer, max(phase.total_steps, start.step), metrics
+        )
+    return state.params, metrics
+
+  def _flops_per_sequence(
+    self, phase: Phase, stage: int | None, seq_len: int, predictions: int
+  ) -> tuple[int, int]:
+    """(teacher forward, student train step) model FLOPs of one sequence in `stage`."""
+    student_blocks, teacher_blocks = phase.blocks_of_stage(stage)
+    head = "none" if phase.spec is initialization.DISTILLATION_TRANSFER else "pretraining"
+    teacher_head = "none" if head == "none" else "mlm"
+    teacher = flops.forward_flops(
+      self.teacher_model.config,
+      seq_len,
+      head=teacher_head,
+      masked_positions=predictions if teacher_head == "mlm" else None,
+      num_blocks=teacher_blocks,
+    )
+    student = flops.train_step_flops(
+      self.student_model.config,
+      seq_len,
+      head=head,
+      masked_positions=predictions if head == "pretraining" else None,
+      num_blocks=student_blocks,
+    )
+    return teacher, student
+
+  def _batch_counts(self, phase: Phase, stage: int | None, batch: PyTree) -> dict[str, int]:
+    sequences, length = batch["input_ids"].shape
+    teacher, student = self._flops_per_sequence(
+      phase, stage, length, batch["masked_lm_positions"].shape[1]
+    )
+    step_flops = sequences * (teacher + student)
+    return {"sequences": sequences, "tokens": sequences * length, loop.FLOPS: step_flops}
+
+  def _cost_split(self, phase: Phase, stage: int | None) -> str:
+    data = self.config.data
+    teacher, student = self._flops_per_sequence(
+      phase, stage, data.max_seq_length, data.max_predictions_per_seq
+    )
+    blocks = phase.blocks_of_stage(stage)
+    return (
+      f"{phase.spec.name} stage {'all' if stage is None else stage}: blocks run (student, "
+      f"teacher) {blocks}; per sequence of {data.max_seq_length} tokens the teacher's forward "
+      f"is {teacher / 1e9:.3g} GFLOP ({100 * teacher / (teacher + student):.0f}% of the step), "
+      f"the student's train step {student / 1e9:.3g} GFLOP"
+    )
+
+
+class StagedTrainStep:
+  """`train_step(state, batch)` for the loop: the compiled step of the update's stage.
+
+  Steps are compiled when their stage first comes (one per stage of progressive transfer) and
+  the previous stage's is dropped. `step` is the number of updates applied so far; the trainer
+  sets it to the start step.
+  """
+
+  def __init__(
+    self,
+    make_step: Callable[[int | None], sharding.MeshFunction],
+    stage_of: Callable[[int], int | None],
+    frozen: PyTree,
+    *,
+    describe: Callable[[int | None], str],
+  ):
+    self._make_step = make_step
+    self._stage_of = stage_of
+    self._frozen = frozen
+    self._describe = describe
+    self._stage: int | None = None
+    self._step_fn: sharding.MeshFunction | None = None
+    self.step = 0
+
+  def next_stage(self) -> int | None:
+    """The stage of the next update."""
+    return self._stage_of(self.step)
+
+  def __call__(self, state: PyTree, batch: PyTree) -> tuple[PyTree, dict[str, Array]]:
+    stage = self.next_stage()
+    if self._step_fn is None or stage != self._stage:
+      self._step_fn, self._stage = None, stage
+      logging.info("%s", self._describe(stage))
+      self._step_fn = self._make_step(stage)
+    self.step += 1
+    return self._step_fn(state, batch, self._frozen)
+
+
+# ----------------------------------------------------------------------------------------------
+# The teacher and the student
+# ----------------------------------------------------------------------------------------------
+
+
+def load_teacher(config: ConfigDict, tokenizer: Any) -> tuple[MobileBertConfig, PyTree]:
+  """The teacher's architecture and weights (host arrays), in `config.teacher_dtype`.
+
+  `config.teacher` is anything pretraining's `init_from` takes that has weights: one of our
+  pretraining workdirs or checkpoints, an HF directory or hub id, a TF1/TF2/TF-Hub checkpoint.
+
+  Raises:
+    RunConfigError: the source has no weights (a preset), or a bad `teacher_dtype`.
+    FileNotFoundError, ValueError: as `initialization.initial_weights`.
+  """
+  source = config.teacher.strip()
+  if not source or source.startswith(initialization.PRESET_PREFIX):
+    raise RunConfigError(f"--teacher={source!r} has no weights: give a trained teacher")
+  if config.teacher_dtype not in ("float32", "bfloat16"):
+    raise RunConfigError(
+      f"--config.teacher_dtype={config.teacher_dtype!r}: expected float32 or bfloat16"
+    )
+  teacher_run = ml_collections.ConfigDict(
+    {
+      "init_from": source,
+      "model": {"preset": None},
+      "seed": config.seed,
+      "data": {"max_seq_length": config.data.max_seq_length},
+    }
+  )
+  try:
+    weights = initialization.initial_weights(teacher_run, initialization.PRETRAINING, tokenizer)
+  except ValueError as e:
+    raise RunConfigError(f"--teacher={source}: {e}") from None
+  model_config = weights.model_config
+  params = weights.params
+  if config.teacher_dtype == "bfloat16":
+    model_config = model_config.replace(dtype="bfloat16")
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+  logging.info(
+    "teacher: %s (%d blocks, hidden %d, %s), forward only in %s",
+    weights.description,
+    model_config.num_hidden_layers,
+    model_config.hidden_size,
+    model_config.normalization_type,
+    config.teacher_dtype,
+  )
+  return model_config, params
+
+
+def _student_config(
+  config: ConfigDict, tokenizer: Any, teacher_config: MobileBertConfig
+) -> MobileBertConfig:
+  """The student's architecture: `config.model` (its preset and overrides); the vocabulary size
+  is the teacher's unless set, since the student takes the teacher's embedding table."""
+  student_run = config.copy_and_resolve_references()
+  student_run.init_from = ""
+  if student_run.model.get("vocab_size") is None:
+    student_run.model.vocab_size = teacher_config.vocab_size
+  try:
+    weights = initialization.initial_weights(student_run, initialization.DISTILLATION, tokenizer)
+  except ValueError as e:
+    raise RunConfigError(f"--config.model: {e}") from None
+  return weights.model_config
+
+
+def _check_transfer_widths(student: MobileBertConfig, teacher: MobileBertConfig) -> None:
+  """Block outputs and attention maps are compared elementwise: their shapes must agree."""
+  for field in ("hidden_size", "num_attention_heads"):
+    if getattr(student, field) != getattr(teacher, field):
+      raise RunConfigError(
+        f"layer-wise transfer compares the blocks' outputs and attention maps, so student and "
+        f"teacher need the same {field} (student {getattr(student, field)}, teacher "
+        f"{getattr(teacher, field)})"
+      )
+
+
+def _check_distill_settings(config: ConfigDict) -> None:
+  d = config.distill
+  if d.strategy not in distillation.STRATEGIES:
+    raise RunConfigError(
+      f"--config.distill.strategy={d.strategy!r}: expected one of {distillation.STRATEGIES}"
+    )
+  if d.semantics != "tf1":
+    raise RunConfigError(
+      f"--config.distill.semantics={d.semantics!r}: this trainer runs 'tf1' (the original's "
+      "semantics); the TF2 Model Garden form lives in train.tf2_distillation"
+    )
+  if d.steps_per_stage < 1:
+    raise RunConfigError(f"--config.distill.steps_per_stage={d.steps_per_stage} must be >= 1")
+  if not 0.0 <= d.ground_truth_ratio <= 1.0:
+    raise RunConfigError(
+      f"--config.distill.ground_truth_ratio={d.ground_truth_ratio} must lie in [0, 1]"
+    )
+
+
+def _phase_config(config: ConfigDict, phase: Phase) -> ConfigDict:
+  """The run config a phase records: `task` names the phase."""
+  phase_config = config.copy_and_resolve_references()
+  phase_config.task = phase.spec.name
+  return phase_config
