@@ -162,18 +162,28 @@ def test_fine_tuning_starts_from_a_distilled_student(finished_run, corpus):  # n
   )
 
 
-@pytest.mark.parametrize("strategy", ["joint", "auxiliary"])
+@pytest.mark.parametrize("strategy", ["joint", "auxiliary", "tf2"])
 def test_the_other_strategies_run(tmp_path, corpus, teacher, strategy):  # noqa: F811
   workdir = tmp_path / strategy
-  config = distill_config(corpus, teacher, **{"distill.strategy": strategy, "num_train_steps": 2})
-  metrics = trainer.train_and_evaluate(config, str(workdir))
+  changes = {"num_train_steps": 2}
+  if strategy == "tf2":
+    changes["distill.semantics"] = "tf2"
+  else:
+    changes["distill.strategy"] = strategy
+  metrics = trainer.train_and_evaluate(distill_config(corpus, teacher, **changes), str(workdir))
   assert np.isfinite(metrics["mlm_loss"])
   if strategy == "joint":  # every block compared at every step of phase 1, the same L·P steps
     phase1 = records(workdir / "phase1")
     assert len(phase1) == 6 and all(r["train/loss"] > 0 for r in phase1)
-  else:  # no phase 1: the transfer terms join the distillation loss
+  elif strategy == "auxiliary":  # no phase 1: the transfer terms join the distillation loss
     assert not (workdir / "phase1").exists()
     assert all(np.isfinite(r["train/feature"]) for r in records(workdir))
+  else:  # the Model Garden's run: a run (fresh optimizer, step 1..P) per layer-wise stage
+    for stage in (0, 1):
+      stage_records = records(workdir / "phase1" / f"stage_{stage}")
+      assert [r["step"] for r in stage_records] == [1, 2, 3]
+      assert all(r["train/loss"] > 0 and np.isfinite(r["train/attention"]) for r in stage_records)
+    assert [r["step"] for r in records(workdir)] == [1, 2]
 
 
 def test_a_student_that_cannot_match_the_teacher_is_refused(tmp_path, corpus, teacher):  # noqa: F811
@@ -272,3 +282,14 @@ def test_command_line_defaults(tmp_path):
   assert parsed.config.distill.steps_per_stage == 10_000
   assert parsed.config.num_train_steps == 500_000
   assert distill.parse_flags(["mobilebert-distill", "--workdir=x", "--demo"]).demo
+
+
+def test_the_wikipedia_sample_reads_as_english_documents():
+  # The `demo` extra (installed by .ci/run) ships it inside the gensim wheel.
+  assert distill_demo.wikipedia_file() is not None
+  source, documents = distill_demo.english_documents(max_documents=5)
+  assert source.startswith("Wikipedia") and len(documents) == 5
+  assert documents[0][0].startswith("Anarchism")
+  assert all(len(d) >= 2 for d in documents)
+  text = " ".join(s for d in documents for s in d)
+  assert "[[" not in text and "{{" not in text and "<ref" not in text

@@ -226,7 +226,7 @@ def test_a_stage_computes_only_its_blocks_with_the_full_result(models, step):
       loss, terms, _ = loss_fn(params, batch, jax.random.key(0), context)
       return loss, terms
 
-    return jax.value_and_grad(f, has_aux=True)(student_params)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(student_params)
 
   (staged, terms), staged_grads = loss_of(
     distillation.transfer_loss_fn(student, teacher, transfer, stage)
@@ -449,3 +449,20 @@ def test_staged_phase_one_and_phase_two_match_the_original(models):
     assert_close(state.params, ref, f"phase 2 step {step} params")
     assert_close(state.opt_state["adam"].mu, ref_m, f"phase 2 step {step} first moments")
     assert_close(state.opt_state["adam"].nu, ref_v, f"phase 2 step {step} second moments")
+
+
+def test_a_bfloat16_teacher_gives_nearly_the_same_transfer_loss(models):
+  student, teacher, student_params, teacher_params = models
+  transfer = settings()
+  batch = random_batch(7)
+  half = MobileBertForPreTraining(teacher.config.replace(dtype="bfloat16"))
+  half_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), teacher_params)
+  losses = []
+  for model, params in ((teacher, teacher_params), (half, half_params)):
+    context = steps.StepContext(step=jnp.int32(PERIOD + 1), collections={}, frozen=params)
+    loss_fn = distillation.transfer_loss_fn(student, model, transfer, 1)
+    loss, terms, _ = jax.jit(loss_fn)(student_params, batch, jax.random.key(0), context)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(terms))
+    losses.append(float(loss))
+  assert losses[0] > 0
+  np.testing.assert_allclose(losses[1], losses[0], rtol=3e-2)

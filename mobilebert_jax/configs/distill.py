@@ -39,8 +39,11 @@ Fields beyond `configs/pretrain.py`'s (whose meanings apply):
   distill.teacher_all_layer_statistics   the TF1 code's mean/variance targets over all teacher
                        hidden states (almost certainly a typo there; off = the matching block).
   distill.copy_from_teacher   start the student's embeddings and heads from the teacher's.
-  distill.semantics    "tf1" (the original); "tf2" names the Model Garden form, which lives in
-                       `train.tf2_distillation` for comparison and is not trained here.
+  distill.semantics    "tf1" (the original); "tf2" the TF2 Model Garden's run, quirks included
+                       (`train.tf2_distillation`: a run with a fresh optimizer per stage in
+                       `phase1/stage_<k>`, per-variable clipping, bias-corrected LAMB, ε 1e-3,
+                       the double softmax, the loss summed over tokens and divided by k + 1,
+                       the embedding copy by position), for comparison with that code.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ runs of the shared training loop over the pretraining data:
    plus NSP, with a fresh optimizer and step counter, from phase 1's weights. The "auxiliary"
    strategy has no phase 1 and adds every block's transfer terms to this loss.
 
+With `distill.semantics=tf2` the run is the TF2 Model Garden's instead (`tf2_phases`): one run
+per layer-wise stage, `workdir/phase1/stage_<k>`, each with a fresh optimizer, then the
+pretraining-distillation stage in `workdir`, with `train.tf2_distillation`'s losses and updates.
+
 `distill.phase1_steps=0` with strategy "progressive" or "joint" gives pretraining distillation
 alone (from the teacher's copied embeddings and heads). The teacher runs forward only, without
 dropout, sharded like the student and passed to the jitted step as its frozen tree (optionally
@@ -26,6 +30,7 @@ inside phase 2. The finished `workdir` is a pretraining-style workdir: fine-tuni
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 
 from mobilebert_jax.errors import RunConfigError
@@ -50,6 +56,7 @@ from mobilebert_jax.train import (
   sharding,
   steps,
   summaries,
+  tf2_distillation,
   transfer_losses,
 )
 from mobilebert_jax.trainers import pretraining
@@ -71,7 +78,7 @@ class Phase:
     total_steps: its length in updates.
     optimizer: its optimizer (a fresh state at its start).
     stage_of: update count -> the stage whose compiled step runs it (None: one step for all).
-    loss_for_stage: stage -> the step loss.
+    make_step: stage -> the pure step `train_step(state, batch, frozen) -> (state, metrics)`.
     blocks_of_stage: stage -> (student, teacher) blocks run, for the cost split; None: all.
     evaluate: evaluate the held-out MLM/NSP metrics during and after it.
   """
@@ -81,7 +88,7 @@ class Phase:
   total_steps: int
   optimizer: optim.Optimizer
   stage_of: Callable[[int], int | None]
-  loss_for_stage: Callable[[int | None], steps.StepLossFn]
+  make_step: Callable[[int | None], steps.TrainStepFn]
   blocks_of_stage: Callable[[int | None], tuple[int | None, int | None]]
   evaluate: bool
 
@@ -130,13 +137,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     params = init_params(student_model, config.seed)
     if not config.distill.copy_from_teacher:
       return params
+    teacher_host = jax.device_get(teacher_params)
     try:
-      params, report = distillation.copy_from_teacher(
-        params,
-        jax.device_get(teacher_params),
-        student_config=student_config,
-        teacher_config=teacher_config,
-      )
+      if config.distill.semantics == "tf2":  # the Model Garden's: the embedding layer only
+        params, copied = tf2_distillation.copy_embeddings_tf2(
+          params,
+          teacher_host,
+          student_config.normalization_type,
+          teacher_config.normalization_type,
+        )
+        report = distillation.CopyReport(tuple(copied), ())
+      else:
+        params, report = distillation.copy_from_teacher(
+          params, teacher_host, student_config=student_config, teacher_config=teacher_config
+        )
     except ValueError as e:
       raise RunConfigError(str(e)) from None
     logging.info(
@@ -160,28 +174,26 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   )
 
   # ------------------------------------------------------------------------------------------
-  # Phase 2 already under way: nothing of phase 1 is needed
+  # The phases in order, each from the last one's weights; a rerun resumes the last one started
   # ------------------------------------------------------------------------------------------
-  phase2 = distillation_phase(config, workdir, settings, student_model, teacher_model)
-  resume = setup.find_resume(workdir, _phase_config(config, phase2), phase2.spec.name)
-  if resume.resuming:
-    _, metrics = run_phase(phase2, first_params=None)
-    return metrics
-
-  # ------------------------------------------------------------------------------------------
-  # Phase 1 (run, resumed, or found finished), then phase 2 from its weights
-  # ------------------------------------------------------------------------------------------
+  if config.distill.semantics == "tf2":
+    phases = tf2_phases(config, workdir, settings, student_model, teacher_model)
+  else:
+    phase1 = transfer_phase(config, workdir, settings, student_model, teacher_model)
+    phase2 = distillation_phase(config, workdir, settings, student_model, teacher_model)
+    phases = [p for p in (phase1, phase2) if p is not None]
+  started = [
+    i
+    for i, phase in enumerate(phases)
+    if setup.find_resume(phase.workdir, _phase_config(config, phase), phase.spec.name).resuming
+  ]
   first = first_student_params
-  phase1 = transfer_phase(config, workdir, settings, student_model, teacher_model)
-  if phase1 is not None:
-    transferred, _ = run_phase(phase1, first_params=first_student_params)
-    host = jax.device_get(transferred)
-    del transferred
-
-    def first() -> PyTree:
-      return host
-
-  _, metrics = run_phase(phase2, first_params=first)
+  metrics: dict[str, float] = {}
+  for phase in phases[started[-1] if started else 0 :]:
+    params, metrics = run_phase(phase, first_params=first)
+    host = jax.device_get(params)
+    del params
+    first = functools.partial(lambda p: p, host)
   return metrics
 
 
@@ -238,8 +250,10 @@ def transfer_phase(
     total_steps=total,
     optimizer=optimizer,
     stage_of=settings.stage_of,
-    loss_for_stage=lambda stage: distillation.transfer_loss_fn(
-      student_model, teacher_model, settings, stage
+    make_step=lambda stage: _shared_step(
+      config,
+      distillation.transfer_loss_fn(student_model, teacher_model, settings, stage),
+      optimizer,
     ),
     blocks_of_stage=settings.blocks,
     evaluate=False,
@@ -272,11 +286,124 @@ def distillation_phase(
     total_steps=total,
     optimizer=optimizer,
     stage_of=lambda step: None,
-    loss_for_stage=lambda stage: distillation.distillation_loss_fn(
-      student_model, teacher_model, loss
+    make_step=lambda stage: _shared_step(
+      config, distillation.distillation_loss_fn(student_model, teacher_model, loss), optimizer
     ),
     blocks_of_stage=lambda stage: (None, None),
     evaluate=True,
+  )
+
+
+def tf2_phases(
+  config: ConfigDict,
+  workdir: str,
+  settings: distillation.TransferSettings,
+  student_model: MobileBertForPreTraining,
+  teacher_model: MobileBertForPreTraining,
+) -> list[Phase]:
+  """The TF2 Model Garden's run (`distill.semantics=tf2`): L layer-wise stages and the PD stage.
+
+  Each stage is its own run (`workdir/phase1/stage_<k>`, then `workdir`) with a fresh optimizer
+  (`tf2_distillation.stage_optimizer`: per-variable clipping, bias-corrected LAMB, the stage's
+  trainable variables) and step counter, as the Model Garden rebuilds both at every stage; the
+  losses are `tf2_distillation`'s, quirks included.
+  """
+  num_layers = settings.num_layers
+  rate = config.transfer_optimizer.learning_rate
+  period = config.distill.steps_per_stage
+  pd_steps = pretraining._total_steps(config)
+  opt = config.optimizer
+  warmup = opt.warmup_steps
+  if warmup is None:
+    warmup = int((opt.warmup_proportion or 0.0) * pd_steps)
+  schedules = {
+    "layer_wise": tf2_distillation.StageSchedule(rate, rate, decay_steps=max(period, 1)),
+    "pretrain": tf2_distillation.StageSchedule(
+      opt.learning_rate,
+      opt.learning_rate * opt.end_lr_rate,
+      decay_steps=max(pd_steps, 1),
+      warmup_steps=warmup,
+    ),
+  }
+  phases = []
+  for stage in range(num_layers + 1):
+    optimizer = tf2_distillation.stage_optimizer(
+      stage,
+      num_layers,
+      **schedules,
+      weight_decay=config.transfer_optimizer.weight_decay,
+      clip_norm=config.transfer_optimizer.clip_norm,
+    )
+    layer_wise = stage < num_layers
+    phases.append(
+      Phase(
+        spec=initialization.DISTILLATION_TRANSFER if layer_wise else initialization.DISTILLATION,
+        workdir=os.path.join(workdir, PHASE1_DIR, f"stage_{stage}") if layer_wise else workdir,
+        total_steps=period if layer_wise else pd_steps,
+        optimizer=optimizer,
+        stage_of=functools.partial(lambda k, step: k, stage),
+        make_step=functools.partial(
+          _tf2_step, config, settings, student_model, teacher_model, optimizer
+        ),
+        blocks_of_stage=functools.partial(
+          lambda k, _: settings.blocks(k) if k < num_layers else (None, None), stage
+        ),
+        evaluate=not layer_wise,
+      )
+    )
+  return phases
+
+
+def _tf2_step(
+  config: ConfigDict,
+  settings: distillation.TransferSettings,
+  student_model: MobileBertForPreTraining,
+  teacher_model: MobileBertForPreTraining,
+  optimizer: optim.Optimizer,
+  stage: int,
+) -> steps.TrainStepFn:
+  """One Model Garden update of `stage` (its gradients come with the norms Keras clips by)."""
+  transformation = optimizer.transformation
+
+  def train_step(state: Any, batch: PyTree, frozen: PyTree) -> tuple[Any, dict[str, Array]]:
+    loss, terms, grads, norms = tf2_distillation.loss_and_grads(
+      student_model,
+      teacher_model,
+      state.params,
+      jax.lax.stop_gradient(frozen),
+      batch,
+      stage,
+      layer_map=settings.layer_map,
+      factors=settings.factors,
+      ground_truth_ratio=config.distill.ground_truth_ratio,
+    )
+    updates, opt_state = transformation.update(
+      grads, state.opt_state, state.params, gathered_norms=norms
+    )
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+      "loss": jnp.asarray(loss, jnp.float32),
+      "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+      "update_norm": optax.tree.norm(updates).astype(jnp.float32),
+      "param_norm": optax.tree.norm(params).astype(jnp.float32),
+      "learning_rate": jnp.asarray(optimizer.schedule(state.step), jnp.float32),
+      **{k: jnp.asarray(v, jnp.float32) for k, v in terms.items()},
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def _shared_step(
+  config: ConfigDict, loss_fn: steps.StepLossFn, optimizer: optim.Optimizer
+) -> steps.TrainStepFn:
+  """The shared library's step around a distillation step loss."""
+  return steps.make_train_step(
+    loss_fn,
+    optimizer.transformation,
+    grad_accum_steps=config.grad_accum_steps,
+    learning_rate_fn=optimizer.schedule,
   )
 
 
@@ -331,12 +458,7 @@ class _PhaseRunner:
     )
     staged = StagedTrainStep(
       lambda stage: sharding.jit_train_step(
-        steps.make_train_step(
-          phase.loss_for_stage(stage),
-          phase.optimizer.transformation,
-          grad_accum_steps=config.grad_accum_steps,
-          learning_rate_fn=phase.optimizer.schedule,
-        ),
+        phase.make_step(stage),
         devices.mesh,
         devices.rules,
         state_shardings,
@@ -592,10 +714,12 @@ def _check_distill_settings(config: ConfigDict) -> None:
     raise RunConfigError(
       f"--config.distill.strategy={d.strategy!r}: expected one of {distillation.STRATEGIES}"
     )
-  if d.semantics != "tf1":
+  if d.semantics not in ("tf1", "tf2"):
+    raise RunConfigError(f"--config.distill.semantics={d.semantics!r}: expected tf1 or tf2")
+  if d.semantics == "tf2" and (d.strategy != "progressive" or d.teacher_all_layer_statistics):
     raise RunConfigError(
-      f"--config.distill.semantics={d.semantics!r}: this trainer runs 'tf1' (the original's "
-      "semantics); the TF2 Model Garden form lives in train.tf2_distillation"
+      "--config.distill.semantics=tf2 is the Model Garden's progressive run: it has no other "
+      "strategy and no all-layer teacher statistics"
     )
   if d.steps_per_stage < 1:
     raise RunConfigError(f"--config.distill.steps_per_stage={d.steps_per_stage} must be >= 1")
