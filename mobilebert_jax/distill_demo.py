@@ -62,6 +62,7 @@ class DemoSizes:
     steps_per_stage: the full recipe's layer-wise steps per block.
     learning_rate: LAMB peak rate of the MLM runs (teacher, scratch, phase 2).
     transfer_learning_rate: phase 1's base rate (the active block runs at 3x).
+    eval_every_steps: held-out evaluation cadence of every run (for learning curves).
   """
 
   max_documents: int | None = None
@@ -79,11 +80,12 @@ class DemoSizes:
   student_ffn: int = 64
   student_ffns: int = 2
   batch_size: int = 32
-  teacher_steps: int = 1200
+  teacher_steps: int = 1000
   student_steps: int = 600
   steps_per_stage: int = 40
-  learning_rate: float = 4e-3
+  learning_rate: float = 1e-2
   transfer_learning_rate: float = 1.5e-3
+  eval_every_steps: int = 100
 
 
 DEMO_SIZES = DemoSizes()
@@ -106,6 +108,7 @@ SMOKE_SIZES = DemoSizes(
   teacher_steps=4,
   student_steps=6,
   steps_per_stage=2,
+  eval_every_steps=0,
 )
 
 
@@ -226,7 +229,11 @@ def write_corpus(documents: list[list[str]], directory: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _common(config: ml_collections.ConfigDict, sizes: DemoSizes, vocab: str, data: tuple) -> None:
+def _common(
+  config: ml_collections.ConfigDict, sizes: DemoSizes, vocab: str, data: tuple, seed: int
+) -> None:
+  config.seed = seed  # initialisation and batch order; the instances (data.seed) stay fixed
+  config.eval_every_steps = sizes.eval_every_steps
   config.tokenizer.vocab_file = vocab
   config.data.update(
     train_files=data[0],
@@ -264,9 +271,11 @@ def _mlm_optimizer(config: ml_collections.ConfigDict, sizes: DemoSizes) -> None:
   )
 
 
-def teacher_config(sizes: DemoSizes, vocab: str, data: tuple) -> ml_collections.ConfigDict:
+def teacher_config(
+  sizes: DemoSizes, vocab: str, data: tuple, seed: int = 0
+) -> ml_collections.ConfigDict:
   config = cli.load_config_file(f"{cli.package_config('pretrain.py')}:teacher")
-  _common(config, sizes, vocab, data)
+  _common(config, sizes, vocab, data, seed)
   config.model.update(
     intra_bottleneck_size=sizes.teacher_intra,
     intermediate_size=sizes.teacher_ffn,
@@ -285,9 +294,11 @@ def _student_model(config: ml_collections.ConfigDict, sizes: DemoSizes) -> None:
   )
 
 
-def scratch_config(sizes: DemoSizes, vocab: str, data: tuple) -> ml_collections.ConfigDict:
+def scratch_config(
+  sizes: DemoSizes, vocab: str, data: tuple, seed: int = 0
+) -> ml_collections.ConfigDict:
   config = cli.load_config_file(f"{cli.package_config('pretrain.py')}:student")
-  _common(config, sizes, vocab, data)
+  _common(config, sizes, vocab, data, seed)
   _student_model(config, sizes)
   _mlm_optimizer(config, sizes)
   config.num_train_steps = sizes.student_steps
@@ -295,10 +306,10 @@ def scratch_config(sizes: DemoSizes, vocab: str, data: tuple) -> ml_collections.
 
 
 def distill_config(
-  sizes: DemoSizes, vocab: str, data: tuple, teacher: str, *, layer_wise: bool
+  sizes: DemoSizes, vocab: str, data: tuple, teacher: str, *, layer_wise: bool, seed: int = 0
 ) -> ml_collections.ConfigDict:
   config = cli.load_config_file(cli.package_config("distill.py"))
-  _common(config, sizes, vocab, data)
+  _common(config, sizes, vocab, data, seed)
   _student_model(config, sizes)
   _mlm_optimizer(config, sizes)
   config.teacher = teacher
@@ -309,10 +320,19 @@ def distill_config(
   return config
 
 
-def run_demo(workdir: str, sizes: DemoSizes = DEMO_SIZES) -> dict[str, float]:
+def run_demo(
+  workdir: str, sizes: DemoSizes = DEMO_SIZES, *, seed: int = 0, teacher: str | None = None
+) -> dict[str, float]:
   """Runs the whole demonstration into `workdir`; returns the held-out MLM accuracies.
 
   Every run resumes if its directory holds a checkpoint, so an interrupted demo continues.
+
+  Args:
+    workdir: where everything goes.
+    sizes: the scale.
+    seed: the students' (and the teacher's) initialisation and batch order.
+    teacher: an existing teacher workdir of this demo's shape and vocabulary (for several
+      student seeds over one teacher); None trains one in `workdir/teacher`.
   """
   # The trainers start JAX: import them only now (after the command line's distributed set-up).
   from mobilebert_jax.trainers import distillation, pretraining
@@ -334,19 +354,19 @@ def run_demo(workdir: str, sizes: DemoSizes = DEMO_SIZES) -> dict[str, float]:
     timings[name] = round(time.time() - start, 1)
     logging.info("demo %s: %s (%.0f s)", name, metrics[name], timings[name])
 
-  teacher_dir = os.path.join(workdir, "teacher")
+  teacher_dir = teacher or os.path.join(workdir, "teacher")
   timed(
     "teacher",
-    lambda: pretraining.train_and_evaluate(teacher_config(sizes, vocab, data), teacher_dir),
+    lambda: pretraining.train_and_evaluate(teacher_config(sizes, vocab, data, seed), teacher_dir),
   )
   timed(
     "scratch",
     lambda: pretraining.train_and_evaluate(
-      scratch_config(sizes, vocab, data), os.path.join(workdir, "scratch")
+      scratch_config(sizes, vocab, data, seed), os.path.join(workdir, "scratch")
     ),
   )
   for arm, layer_wise in (("pretraining_distillation", False), ("full_recipe", True)):
-    config = distill_config(sizes, vocab, data, teacher_dir, layer_wise=layer_wise)
+    config = distill_config(sizes, vocab, data, teacher_dir, layer_wise=layer_wise, seed=seed)
     timed(arm, lambda c=config, a=arm: distillation.train_and_evaluate(c, os.path.join(workdir, a)))
 
   results = {name: metrics[name]["mlm_accuracy"] for name in ("teacher", *ARMS)}

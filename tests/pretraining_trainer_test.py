@@ -434,3 +434,31 @@ def _nsp_loss(logits: np.ndarray, labels: np.ndarray) -> float:
   shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
   return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+
+
+def test_instances_written_to_array_record_train_and_evaluate(tmp_path, corpus):
+  from mobilebert_jax.data.pretraining_instances import PretrainingConfig
+  from mobilebert_jax.data.pretraining_pipeline import write_instances
+  from mobilebert_jax.train.initialization import load_tokenizer
+
+  tokenizer = load_tokenizer(VOCAB_FILE, True)
+  shape = PretrainingConfig(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2)
+  for name, path in (("train", corpus[0]), ("heldout", corpus[1])):
+    write_instances(path, tokenizer, shape, tmp_path / name, seed=12345, shards=2)
+  config = tiny_config(
+    None,
+    num_train_steps=2,
+    **{
+      "data.source": "array_record",
+      "data.train_dirs": str(tmp_path / "train"),
+      "data.eval_dirs": str(tmp_path / "heldout"),
+    },
+  )
+  workdir = tmp_path / "run"
+  metrics = trainer.train_and_evaluate(config, str(workdir))
+  assert np.isfinite(metrics["mlm_loss"]) and 0.0 <= metrics["mlm_accuracy"] <= 1.0
+  assert data_state(workdir, 2)["kind"] == "PretrainingBatches"
+  # Instances of another shape are refused with the reason.
+  config.data.max_seq_length = 64
+  with pytest.raises(RunConfigError, match="holds instances of 32 tokens and 5 predictions"):
+    trainer.train_and_evaluate(config, str(tmp_path / "other"))

@@ -71,8 +71,13 @@ Fields beyond `configs/common.py`'s (whose meanings apply to the fields shared w
 
   task             "pretraining" (names the run in its checkpoints).
   data.source      "files": `train_files` / `eval_files`, comma-separated globs of text files in
-                   BERT's format; "tfds": `tfds_name` with `tfds_train_split` (streamed, each host
-                   its slice) and `tfds_eval_split` (read whole), `tfds_text_field`.
+                   BERT's format (instances created in memory at start-up); "array_record":
+                   `train_dirs` / `eval_dirs`, comma-separated directories of instances written
+                   once by `data.pretraining_pipeline.write_instances` (corpora larger than
+                   memory, many hosts; `phase2_train_dirs` / `phase2_eval_dirs` hold the
+                   second length's); both read by the Grain pipeline. "tfds": `tfds_name`
+                   with `tfds_train_split` (streamed, one host) and `tfds_eval_split` (read
+                   whole), `tfds_text_field`.
   data.max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob, dupe_factor,
   whole_word_mask  instance creation (`data.pretraining_instances.PretrainingConfig`; BERT's
                    defaults); `data.seed` seeds it (BERT's 12345), `seed` the batch order.
@@ -159,6 +164,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       "source": "files",
       "train_files": placeholder(str),
       "eval_files": placeholder(str),
+      "train_dirs": placeholder(str),
+      "eval_dirs": placeholder(str),
+      "phase2_train_dirs": placeholder(str),
+      "phase2_eval_dirs": placeholder(str),
       "tfds_name": placeholder(str),
       "tfds_train_split": "train",
       "tfds_eval_split": placeholder(str),

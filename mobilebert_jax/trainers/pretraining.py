@@ -19,10 +19,11 @@ batch of 256 x 20 predictions), and stays 0 rather than 0/0 for a batch with not
 `eval_metrics.json` report `mlm_loss`, `mlm_accuracy` (over masked tokens), `nsp_loss` and
 `nsp_accuracy`; evaluation sums over the whole held-out split, padded last batch included.
 
-Data: `train_batches_at` is the one function that knows the input pipeline (BERT-style instances
-of `mobilebert_jax.data.pretraining`, materialised from text files or streamed from TFDS); any
-iterator with `next()` -> this host's slice of the global batch and JSON `get_state()` /
-`set_state()` can take its place (the Grain pipeline of `data.pretraining_pipeline`). With
+Data: `train_batches_at` is the one function that knows the input pipeline: BERT-style instances
+of `mobilebert_jax.data.pretraining`, created in memory from text files or written once to
+ArrayRecord shards, read by the Grain pipeline of `data.pretraining_pipeline`, or streamed from
+TFDS. Any iterator with `next()` -> this host's slice of the global batch and JSON `get_state()`
+/ `set_state()` can take its place. With
 `data.phase2_seq_length` set, BERT's sequence-length schedule runs the first steps on
 `max_seq_length` instances and the last `phase2_fraction` on instances of the second length
 (`pretraining_pipeline.PhasedBatches` over one iterator per length); the position in both is
@@ -50,8 +51,14 @@ import optax
 from absl import logging
 
 from mobilebert_jax.data import pretraining
-from mobilebert_jax.data.batching import WEIGHTS_KEY, BatchIterator, StreamBatchIterator
-from mobilebert_jax.data.pretraining_pipeline import PhasedBatches, phase_switch_step
+from mobilebert_jax.data.batching import WEIGHTS_KEY, StreamBatchIterator
+from mobilebert_jax.data.pretraining_pipeline import (
+  InstanceShards,
+  PhasedBatches,
+  PretrainingBatches,
+  phase_switch_step,
+  pretraining_batches,
+)
 from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import MobileBertForPreTraining
@@ -72,6 +79,9 @@ from mobilebert_jax.train import (
 Array = jax.Array
 ConfigDict = ml_collections.ConfigDict
 PyTree = Any
+
+# Where the training instances come from (`config.data.source`).
+SOURCES = ("files", "array_record", "tfds")
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
@@ -357,13 +367,15 @@ def train_batch_schedule(config: ConfigDict, tokenizer: Any, total_steps: int) -
 
 def train_batches_at(
   config: ConfigDict, tokenizer: Any, seq_length: int, max_predictions: int
-) -> BatchIterator | StreamBatchIterator:
+) -> PretrainingBatches | StreamBatchIterator:
   """This host's training batches of `seq_length`-token instances, repeated without end.
 
-  The one place that knows the input pipeline: "files" materialises the instances of
-  `data.train_files` in memory (`BatchIterator`, every host reads all files and keeps its slice
-  of each global batch); "tfds" streams them (`StreamBatchIterator`, each host its slice of the
-  split). The Grain/ArrayRecord pipeline takes the place of this body.
+  The one place that knows the input pipeline. "files" creates the instances of
+  `data.train_files` in memory and "array_record" reads those written once to ArrayRecord
+  shards (`data.train_dirs`, by `data.pretraining_pipeline.write_instances`); both go through the
+  same Grain pipeline (`pretraining_batches`: a global shuffle per epoch, each host reading its
+  rows of every global batch, a position that resumes exactly). "tfds" streams a TFDS split
+  (`StreamBatchIterator`, one host), since a stream of fresh instances is not random access.
 
   Raises:
     RunConfigError, FileNotFoundError: bad data settings, or files that do not exist or hold
@@ -392,20 +404,20 @@ def train_batches_at(
       shuffle_buffer_size=data.shuffle_buffer_size,
       seed=config.seed,
     )
-  paths = _expand_globs(data.train_files, "train_files")
-  features = _read_files(paths, tokenizer, instances, data.seed)
-  logging.info(
-    "%d training instances of %d tokens from %d file(s)",
-    len(features["input_ids"]),
-    seq_length,
-    len(paths),
-  )
+  if _source(config) == "array_record":
+    field = "train_dirs" if seq_length == data.max_seq_length else "phase2_train_dirs"
+    directories = _directories(data[field], field, seq_length, max_predictions)
+    source, what = directories, f"ArrayRecord instances in {', '.join(directories)}"
+  else:
+    paths = _expand_globs(data.train_files, "train_files")
+    source = _read_files(paths, tokenizer, instances, data.seed)
+    count = len(source["input_ids"])
+    what = f"{count} training instances of {seq_length} tokens from {len(paths)} file(s)"
+  logging.info("%s (Grain pipeline)", what)
   try:
-    return BatchIterator(
-      features, config.batch_size, shuffle=True, seed=config.seed, drop_remainder=True
-    )
+    return pretraining_batches(source, config.batch_size, seed=config.seed, shuffle=True)
   except ValueError as e:
-    raise RunConfigError(f"--config.data.train_files: {e}") from None
+    raise RunConfigError(f"--config.data: {e}") from None
 
 
 def eval_features(config: ConfigDict, tokenizer: Any) -> dict[str, dict[str, np.ndarray]]:
@@ -415,8 +427,10 @@ def eval_features(config: ConfigDict, tokenizer: Any) -> dict[str, dict[str, np.
   Empty when no held-out data is configured.
   """
   data = config.data
-  tfds = _source(config) == "tfds"
-  if not (data.tfds_eval_split if tfds else data.eval_files):
+  source = _source(config)
+  tfds = source == "tfds"
+  wanted = {"tfds": data.tfds_eval_split, "files": data.eval_files, "array_record": data.eval_dirs}
+  if not wanted[source]:
     return {}
   lengths = {"": (data.max_seq_length, data.max_predictions_per_seq)}
   if data.phase2_seq_length:
@@ -427,7 +441,11 @@ def eval_features(config: ConfigDict, tokenizer: Any) -> dict[str, dict[str, np.
   sets = {}
   for prefix, (length, predictions) in lengths.items():
     instances = _instance_config(config, length, predictions, dupe_factor=1)
-    if tfds:
+    if source == "array_record":
+      field = "eval_dirs" if not prefix else "phase2_eval_dirs"
+      if data[field]:
+        sets[prefix] = _read_all(_directories(data[field], field, length, predictions))
+    elif tfds:
       documents = _tfds_documents(config, tokenizer, data.tfds_eval_split, whole=True)
       try:
         sets[prefix] = pretraining.pretraining_features(
@@ -474,9 +492,46 @@ def _total_steps(config: ConfigDict) -> int:
 
 def _source(config: ConfigDict) -> str:
   source = config.data.source
-  if source not in ("files", "tfds"):
-    raise RunConfigError(f"--config.data.source={source!r} must be 'files' or 'tfds'")
+  if source not in SOURCES:
+    raise RunConfigError(f"--config.data.source={source!r} must be one of {', '.join(SOURCES)}")
   return source
+
+
+def _directories(spec: str | None, field: str, seq_length: int, max_predictions: int) -> list[str]:
+  """The ArrayRecord instance directories of `--config.data.FIELD` (comma-separated), checked.
+
+  Raises:
+    RunConfigError: none given, one without a manifest, or instances of another shape.
+  """
+  directories = [d.strip() for d in (spec or "").split(",") if d.strip()]
+  if not directories:
+    raise RunConfigError(
+      f"--config.data.source=array_record needs --config.data.{field}=DIR[,DIR...] "
+      "(written by mobilebert_jax.data.pretraining_pipeline.write_instances)"
+    )
+  for directory in directories:
+    try:
+      shards = InstanceShards(directory)
+    except (FileNotFoundError, ValueError) as e:
+      raise RunConfigError(f"--config.data.{field}: {e}") from None
+    shape = (shards.max_seq_length, shards.max_predictions_per_seq)
+    if shape != (seq_length, max_predictions):
+      raise RunConfigError(
+        f"--config.data.{field}: {directory} holds instances of {shape[0]} tokens and "
+        f"{shape[1]} predictions, the run wants {seq_length} and {max_predictions}"
+      )
+  return directories
+
+
+def _read_all(directories: list[str]) -> dict[str, np.ndarray]:
+  """Every instance of the directories, in order, as feature arrays (held-out data)."""
+  batches = pretraining_batches(
+    directories, 256, seed=0, shuffle=False, num_epochs=1, drop_remainder=False
+  )
+  with batches:
+    parts = list(batches)
+  keep = np.concatenate([p[WEIGHTS_KEY] for p in parts]) > 0
+  return {k: np.concatenate([p[k] for p in parts])[keep] for k in parts[0] if k != WEIGHTS_KEY}
 
 
 def _instance_config(

@@ -1,0 +1,121 @@
+"""The distillation demo's comparison over several student seeds, with learning-curve plots.
+
+    python experiments/benchmarks/distillation_seeds.py \
+      --out=experiments/2026-12-06_distillation_demo --workdir=/tmp/distill_seeds \
+      --seeds=0,1,2 [--scale=demo|smoke]
+
+One teacher (seed 0) is pretrained as `python -m mobilebert_jax.distill --demo` does; then, for
+each seed, the three students (scratch, pretraining distillation only, the full recipe) train
+with that seed's initialisation and batch order over the same instances and the same teacher.
+Writes `results.json` (per-seed held-out metrics, mean ± std, wall times), `mlm_accuracy.png`
+(held-out MLM accuracy against student updates, mean ± std over seeds) and
+`transfer_losses.png` (phase 1's four transfer terms of seed 0, stage boundaries marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from mobilebert_jax import distill_demo
+
+TERMS = ("feature", "attention", "mean", "variance")
+
+
+def read_records(workdir: str, key: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if key in r]
+
+
+def accuracy_curve(seed_dir: str, arm: str, offset: int) -> list[tuple[int, float]]:
+  """(student update, held-out MLM accuracy) of one arm; `offset` = its phase-1 updates."""
+  records = read_records(os.path.join(seed_dir, arm), "eval/mlm_accuracy")
+  return [(r["step"] + offset, r["eval/mlm_accuracy"]) for r in records]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--scale", choices=("demo", "smoke"), default="demo")
+  args = parser.parse_args()
+  sizes = distill_demo.DEMO_SIZES if args.scale == "demo" else distill_demo.SMOKE_SIZES
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.out, exist_ok=True)
+
+  teacher = os.path.join(args.workdir, "teacher")
+  per_seed, seconds = {}, {}
+  for seed in seeds:
+    seed_dir = os.path.join(args.workdir, f"seed{seed}")
+    per_seed[seed] = distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher)
+    with open(os.path.join(seed_dir, distill_demo.RESULTS_FILE)) as f:
+      seconds[seed] = json.load(f)["seconds"]
+
+  summary = {}
+  for name in ("teacher", *distill_demo.ARMS):
+    values = [per_seed[s][name] for s in seeds]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary[name] = {"mean": statistics.fmean(values), "std": std, "values": values}
+  gap = summary["full_recipe"]["mean"] - summary["scratch"]["mean"]
+  noise = max(summary["full_recipe"]["std"], summary["scratch"]["std"])
+  report = {
+    "held_out_mlm_accuracy": summary,
+    "full_recipe_minus_scratch": gap,
+    "beats_scratch_by_two_std": gap > 2 * noise,
+    "seconds": seconds,
+    "sizes": sizes.__dict__,
+    "seeds": seeds,
+  }
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(report, f, indent=2)
+
+  # Held-out MLM accuracy against student updates (mean ± std over seeds).
+  phase1 = sizes.layers * sizes.steps_per_stage
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for arm, offset in (("scratch", 0), ("pretraining_distillation", 0), ("full_recipe", phase1)):
+    curves = [accuracy_curve(os.path.join(args.workdir, f"seed{s}"), arm, offset) for s in seeds]
+    steps_ = [u for u, _ in curves[0]]
+    values = [[a for _, a in c] for c in curves]
+    mean = [statistics.fmean(v) for v in zip(*values, strict=True)]
+    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in zip(*values, strict=True)]
+    ax.plot(steps_, mean, label=arm.replace("_", " "))
+    low = [m - s for m, s in zip(mean, std, strict=True)]
+    high = [m + s for m, s in zip(mean, std, strict=True)]
+    ax.fill_between(steps_, low, high, alpha=0.2)
+  ax.axhline(summary["teacher"]["mean"], color="k", linestyle=":", label="teacher")
+  ax.axvline(phase1, color="grey", linestyle="--", linewidth=0.8)
+  ax.set_xlabel("student updates (the full recipe's first ones are layer-wise transfer)")
+  ax.set_ylabel("held-out MLM accuracy")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, "mlm_accuracy.png"), dpi=120)
+
+  # Phase 1's transfer terms (seed 0), one stage per block.
+  records = read_records(
+    os.path.join(args.workdir, f"seed{seeds[0]}", "full_recipe", "phase1"), "train/feature"
+  )
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for term in TERMS:
+    ax.plot([r["step"] for r in records], [max(r[f"train/{term}"], 1e-6) for r in records],
+            label=term)  # fmt: skip
+  for stage in range(1, sizes.layers):
+    ax.axvline(stage * sizes.steps_per_stage, color="grey", linestyle="--", linewidth=0.8)
+  ax.set_yscale("log")
+  ax.set_xlabel("phase-1 update (a stage per block)")
+  ax.set_ylabel("factor-scaled term / L")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, "transfer_losses.png"), dpi=120)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  main()
