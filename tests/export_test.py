@@ -1,0 +1,343 @@
+"""`mobilebert_jax.export` against the real converters and runtimes, on tiny models.
+
+Float formats (SavedModel, TFLite, StableHLO) must match the JAX model within the project's
+parity tolerance (1e-5 relative) on inputs with padding and a model whose attention is far
+from uniform; quantized TFLite files must run and be reported (their error is measured, not
+asserted tight). The SavedModel must reload through our own TF-Hub importer with exactly the
+exported parameters and pass gradients in TF. The command line is run in-process (`cli.main`,
+what `python -m mobilebert_jax.export` calls) for its one-line errors, and end to end from a
+fine-tuning workdir trained here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+from mobilebert_jax.export import (  # noqa: E402
+  ExportError,
+  ExportSource,
+  cli,
+  evaluate_tflite,
+  export_model,
+  resolve_source,
+  runners,
+)
+from mobilebert_jax.export.evaluation import relative_error, synthetic_inputs  # noqa: E402
+from mobilebert_jax.export.saved_model import variable_names  # noqa: E402
+from mobilebert_jax.export.signatures import signature_for  # noqa: E402
+from mobilebert_jax.model.config import MobileBertConfig  # noqa: E402
+from mobilebert_jax.model.encoder import MobileBertModel  # noqa: E402
+from mobilebert_jax.model.models import (  # noqa: E402
+  MobileBertForQuestionAnswering,
+  abstract_params,
+)
+from mobilebert_jax.weights import load_pretrained  # noqa: E402
+
+pytestmark = [pytest.mark.tf, pytest.mark.usefixtures("fast_compiles")]
+
+TOLERANCE = 1e-5
+SEQ_LEN = 12
+# The house tiny config (docs/testing.md §tiny-config) with the pooler's dense layer.
+TINY = MobileBertConfig(
+  vocab_size=128,
+  embedding_size=16,
+  hidden_size=32,
+  intra_bottleneck_size=16,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=24,
+  max_position_embeddings=16,
+  num_feedforward_networks=2,
+  classifier_activation=True,
+)
+
+
+def random_variables(module, seed: int = 0) -> dict:
+  """Random parameters (biases and norm offsets included, which `init` leaves at 0).
+
+  Query and key kernels are large enough that attention is far from uniform, so a wrong mask
+  or a wrong softmax would show in the outputs.
+  """
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, leaf in traverse_util.flatten_dict(abstract_params(module)).items():
+    scale = 0.5 if path[-1] != "kernel" else 0.5 / np.sqrt(leaf.shape[0])
+    if path[-2] in ("query", "key") and path[-1] == "kernel":
+      scale *= 6.0
+    value = rng.standard_normal(leaf.shape) * scale
+    flat[path] = (1.0 + value if path[-1] == "scale" else value).astype(np.float32)
+  return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def tiny_source(model_cls, seed: int = 0, **changes) -> ExportSource:
+  config = TINY.replace(**changes)
+  module = model_cls(config)
+  return ExportSource(
+    module, random_variables(module, seed), config, f"tiny {model_cls.__name__}", "weights"
+  )
+
+
+@pytest.fixture(scope="module")
+def qa_source() -> ExportSource:
+  return tiny_source(MobileBertForQuestionAnswering)
+
+
+def test_attention_of_the_tiny_model_is_far_from_uniform(qa_source):
+  signature = signature_for(qa_source.module)
+  ids, mask, segments = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size).values()
+  out = qa_source.module.apply(
+    qa_source.variables,
+    jnp.asarray(ids),
+    jnp.asarray(mask),
+    jnp.asarray(segments),
+    output_attentions=True,
+  )
+  # Masked keys get no weight, and every row has at least 6 real keys.
+  for probabilities in out.attentions:
+    assert np.asarray(probabilities).max() > 0.5  # uniform attention would give <= 1/6
+
+
+@pytest.mark.parametrize("format", ["saved_model", "tflite", "stablehlo"])
+def test_float_formats_match_jax(qa_source, format, tmp_path):
+  result = export_model(qa_source, tmp_path / "out", format=format, seq_len=SEQ_LEN)
+  report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+  assert report == json.loads(json.dumps(result.report))
+  assert report["format"] == format and report["quantization"] == "none"
+  assert report["outputs"] == ["start_logits", "end_logits"]
+  assert set(report["inputs"]) == {"input_ids", "input_mask", "segment_ids"}
+  assert report["file_size_bytes"] > 10_000
+  assert report["error_inputs"].startswith("synthetic")
+  assert report["max_relative_error"]["max"] < TOLERANCE
+  assert report["masked_attention_logit"] is None
+  assert report["batch"] == (1 if format == "tflite" else "symbolic")
+
+  # The file itself, run by name with another batch size than the report used.
+  signature = signature_for(qa_source.module)
+  inputs = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size, rows=3, seed=7)
+  if format == "tflite":
+    runner = runners.TfliteRunner(result.path)
+    assert runner.input_names == ("input_ids", "input_mask", "segment_ids")
+    shapes = {k: list(v["shape"]) for k, v in runner.runner.get_input_details().items()}
+    assert shapes == {name: [1, SEQ_LEN] for name in runner.input_names}
+  elif format == "saved_model":
+    runner = runners.SavedModelRunner(result.path)
+  else:
+    runner = runners.StablehloRunner(pathlib.Path(result.path).read_bytes(), signature)
+  outputs = runner(inputs)
+  expected = runners.JaxRunner(qa_source, signature)(inputs)
+  for name in ("start_logits", "end_logits"):
+    assert outputs[name].shape == (3, SEQ_LEN)
+    np.testing.assert_allclose(
+      outputs[name], expected[name], rtol=0, atol=TOLERANCE * np.abs(expected[name]).max()
+    )
+
+
+@pytest.mark.parametrize("quantize", ["dynamic", "int8"])
+def test_quantized_tflite_runs_and_is_reported(qa_source, quantize, tmp_path):
+  signature = signature_for(qa_source.module)
+  calibration = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size, rows=10, seed=3)
+  samples = [{k: v[i : i + 1] for k, v in calibration.items()} for i in range(10)]
+  result = export_model(
+    qa_source,
+    tmp_path,
+    format="tflite",
+    quantize=quantize,
+    seq_len=SEQ_LEN,
+    representative_inputs=samples if quantize == "int8" else None,
+  )
+  report = result.report
+  assert report["quantization"] == quantize
+  error = report["max_relative_error"]["max"]
+  print(f"{quantize}: max relative error {error:.3g}, {report['file_size_bytes']} bytes")
+  assert 0 < error < 0.5  # quantized (not float), yet the same model
+  if quantize == "int8":
+    # The quantization-friendly mask fill is the default of full-integer exports.
+    assert report["masked_attention_logit"] == -6.0
+    assert report["integer_only"] is True
+    assert report["calibration_steps"] == 10 and report["calibration_data"] == "given by the caller"
+  else:
+    assert report["masked_attention_logit"] is None
+
+
+@pytest.fixture(scope="module")
+def hub_export(tmp_path_factory) -> tuple[ExportSource, str]:
+  """A tiny encoder exported as a TF-Hub SavedModel (also a source `load_pretrained` reads)."""
+  source = tiny_source(MobileBertModel, seed=1)
+  directory = str(tmp_path_factory.mktemp("hub_export") / "hub")
+  export_model(source, directory, format="saved_model", seq_len=SEQ_LEN, evaluate=False)
+  return source, directory
+
+
+@pytest.mark.slow  # TF compiles the gradient of the embedded StableHLO
+def test_saved_model_reloads_exactly_and_is_fine_tunable(hub_export):
+  source, directory = hub_export
+
+  # Our TF-Hub importer reads the exported encoder back, bit for bit.
+  module, params, report = load_pretrained(directory, MobileBertModel, return_report=True)
+  assert report.format == "tf-hub" and not report.initialized and not report.unused
+  assert module.config == TINY
+  expected = traverse_util.flatten_dict(source.variables["params"])
+  loaded = traverse_util.flatten_dict(params)
+  assert loaded.keys() == expected.keys()
+  for path, value in expected.items():
+    np.testing.assert_array_equal(np.asarray(loaded[path]), value, err_msg="/".join(path))
+
+  # The TF-Hub interface: a dict in, `encoder_outputs` as a list; gradients reach every variable.
+  hub = tf.saved_model.load(directory)
+  signature = signature_for(source.module)
+  inputs = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size, rows=2)
+  with tf.GradientTape() as tape:
+    outputs = hub({k: tf.constant(v) for k, v in inputs.items()})
+    loss = tf.reduce_sum(outputs["sequence_output"] ** 2) + tf.reduce_sum(outputs["pooled_output"])
+  assert len(outputs["encoder_outputs"]) == TINY.num_hidden_layers
+  np.testing.assert_array_equal(outputs["encoder_outputs"][-1], outputs["sequence_output"])
+  gradients = tape.gradient(loss, hub.trainable_variables)
+  assert len(gradients) == len(expected)
+
+  def jax_loss(p):
+    out = source.module.apply({"params": p}, *map(jnp.asarray, inputs.values()))
+    return jnp.sum(out.last_hidden_state**2) + jnp.sum(out.pooler_output)
+
+  jax_gradients = traverse_util.flatten_dict(jax.grad(jax_loss)(source.variables["params"]))
+  by_name = {v.name: g for v, g in zip(hub.trainable_variables, gradients, strict=True)}
+  names = variable_names(source)
+  ours = np.concatenate([by_name[f"{names[('params', *k)]}:0"].numpy().ravel() for k in expected])
+  reference = np.concatenate([np.ravel(jax_gradients[k]) for k in expected])
+  # The parity metric over the whole gradient: some tensors' gradients are exactly zero in
+  # theory (a key bias shifts every logit of a row alike) and only rounding noise in practice.
+  assert relative_error(ours, reference) < TOLERANCE
+
+
+def test_checkpoint_collections_are_exported(tmp_path):
+  """Every collection of a checkpoint of ours (e.g. QAT's activation ranges) comes along."""
+  from mobilebert_jax.train import checkpointing
+
+  # Without the pooler's dense layer, the QA model's encoder is a whole MobileBertModel.
+  source = tiny_source(MobileBertForQuestionAnswering, seed=2, classifier_activation=False)
+  ranges = {"mobilebert": {"embeddings": {"range": np.array([-6.0, 6.0], np.float32)}}}
+  with checkpointing.CheckpointManager(
+    tmp_path / "ckpt",
+    save_interval_steps=None,
+    async_save=False,
+    model_config=source.config,
+    train_config={"model_class": "MobileBertForQuestionAnswering"},
+  ) as manager:
+    manager.save(
+      0, {"params": source.variables["params"], "collections": {"quant_stats": ranges}}, force=True
+    )
+  resolved = resolve_source(str(tmp_path / "ckpt"))
+  assert resolved.kind == "checkpoint" and resolved.collections == ("quant_stats",)
+  np.testing.assert_array_equal(
+    resolved.variables["quant_stats"]["mobilebert"]["embeddings"]["range"], [-6.0, 6.0]
+  )
+  encoder = resolve_source(str(tmp_path / "ckpt"), model_class="MobileBertModel")
+  assert encoder.collections == ("quant_stats",)
+  assert "embeddings" in encoder.variables["quant_stats"]
+  with pytest.raises(ValueError, match="holds a MobileBertForQuestionAnswering; it exports as"):
+    resolve_source(str(tmp_path / "ckpt"), model_class="MobileBertForSequenceClassification")
+
+  result = export_model(
+    resolved, tmp_path / "sm", format="saved_model", seq_len=SEQ_LEN, evaluate=False
+  )
+  assert result.report["collections"] == ["quant_stats"]
+  hub = tf.saved_model.load(result.path)
+  stored = {v.name: v for v in hub.variables}
+  assert not stored["quant_stats/mobilebert/embeddings/range:0"].trainable
+
+
+def test_without_tensorflow_the_error_names_the_extra(qa_source, tmp_path, monkeypatch):
+  # A None entry makes `import tensorflow` fail as it does when the package is not installed.
+  monkeypatch.setitem(sys.modules, "tensorflow", None)
+  with pytest.raises(ImportError, match=re.escape('pip install "mobilebert-jax[export]"')):
+    export_model(qa_source, tmp_path / "tflite", format="tflite", seq_len=SEQ_LEN)
+  # StableHLO needs no TensorFlow.
+  result = export_model(qa_source, tmp_path / "hlo", format="stablehlo", seq_len=SEQ_LEN)
+  assert result.report["max_relative_error"]["max"] < TOLERANCE
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+  status = cli.main([str(a) for a in args])
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+  ("args", "message"),
+  [
+    (["--format=onnx"], "--format must be one of saved_model, tflite, stablehlo, got 'onnx'"),
+    (["--quantize=int4"], "--quantize must be one of none, dynamic, int8"),
+    (["--seq_len=64"], "--seq_len=64 is longer than the model's position table"),
+    (["--format=stablehlo", "--quantize=dynamic"], "applies to --format=tflite only"),
+    (["--quantize=int8"], "calibrates on the task's training data, so SRC must be a fine-tuning"),
+    (["--model_class=MobileBertForPreTraining"], "has no export signature"),
+  ],
+)
+def test_cli_settings_errors_are_one_line(capsys, tmp_path, hub_export, args, message):
+  status, _, err = run_cli(capsys, hub_export[1], tmp_path / "out", *args)
+  assert status == 1
+  assert err.count("\n") == 1 and message in err, err
+
+
+def test_cli_bad_source_is_one_line(capsys, tmp_path):
+  (tmp_path / "notes.txt").write_text("not a model")
+  status, _, err = run_cli(capsys, tmp_path, tmp_path / "out")
+  assert status == 1 and err.count("\n") == 1
+  assert "holds no checkpoint this package can read" in err
+
+
+@pytest.mark.slow
+def test_cli_exports_a_finetuning_workdir(capsys, tmp_path, hub_export):
+  """End to end: a tiny SQuAD run, `--format=tflite --quantize=dynamic`, and its dev F1."""
+  sys.path.insert(0, os.path.dirname(__file__))
+  from inference_test import demo_subset, tiny_config
+
+  from mobilebert_jax.demo import DEV_FILE, TRAIN_FILE
+  from mobilebert_jax.trainers import finetuning as trainer
+
+  config = tiny_config(
+    "squad.py:size=tiny",
+    num_train_steps=20,
+    checkpoint_every_steps=20,
+    log_every_steps=10,
+    **{
+      "data.train_file": demo_subset(TRAIN_FILE, 6, tmp_path / "train.json"),
+      "data.eval_file": demo_subset(DEV_FILE, 3, tmp_path / "dev.json"),
+      "optimizer.learning_rate": 5e-3,
+    },
+  )
+  workdir = str(tmp_path / "squad")
+  trainer.train_and_evaluate(config, workdir)
+
+  status, out, err = run_cli(capsys, workdir, tmp_path / "tflite", "--quantize=dynamic")
+  assert status == 0, err
+  report = json.loads((tmp_path / "tflite" / "export_report.json").read_text())
+  assert report["source_kind"] == "workdir" and report["seq_len"] == 64
+  assert report["error_inputs"].startswith("dev set")
+  metric = report["task_metric"]
+  assert metric["task"] == "squad" and metric["main_metric"] == "f1"
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    assert metric["jax"]["f1"] == pytest.approx(json.load(f)["f1"])
+  assert set(metric["exported"]) == {"exact_match", "f1"}
+  assert "task_metric" in out
+  # The Python API scores the file alone the same way.
+  assert evaluate_tflite(tmp_path / "tflite" / "model.tflite", workdir) == metric["exported"]
+  with pytest.raises(ExportError, match="not a fine-tuning workdir"):
+    evaluate_tflite(tmp_path / "tflite" / "model.tflite", hub_export[1])
