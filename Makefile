@@ -20,7 +20,7 @@ $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[torch,tf,reference,test]"
+	$(PY) -m pip install -e ".[torch,tf,reference,export,demo,test]"
 	touch $(VENV)/.core-installed $@
 
 demo: $(VENV)/.core-installed
