@@ -45,17 +45,15 @@ from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import MobileBertForPreTraining, abstract_params, init_params
 from mobilebert_jax.train import (
-  checkpointing,
   distillation,
-  distributed,
   flops,
   initialization,
   loop,
   optim,
+  run,
   setup,
   sharding,
   steps,
-  summaries,
   tf2_distillation,
   transfer_losses,
 )
@@ -418,7 +416,7 @@ def phase1_steps(config: ConfigDict, num_layers: int) -> int:
 
 
 class _PhaseRunner:
-  """Runs a `Phase` with the shared start-up, loop and checkpoints (the trainer's loop body)."""
+  """Runs a `Phase` as one run of the shared library (`train.run`)."""
 
   def __init__(
     self,
@@ -445,107 +443,43 @@ class _PhaseRunner:
     self, phase: Phase, *, first_params: Callable[[], PyTree] | None
   ) -> tuple[PyTree, dict[str, float]]:
     """Runs (or resumes, or finds finished) `phase`; returns its final params and metrics."""
-    config, devices = _phase_config(self.config, phase), self.devices
+    config = _phase_config(self.config, phase)
     model_config = self.student_model.config
     os.makedirs(phase.workdir, exist_ok=True)
     resume = setup.find_resume(phase.workdir, config, phase.spec.name)
     if resume.resuming:  # the checkpoint must hold this student (a clear error otherwise)
       saved = MobileBertConfig.from_dict(resume.metadata["model_config"], source="hf")
       initialization.resume_model_config(saved, initialization.config_overrides(config, phase.spec))
-    train_batches = pretraining.train_batch_schedule(config, self.tokenizer, phase.total_steps)
-    state_shardings = sharding.train_state_shardings(
-      self.student_model, phase.optimizer.transformation, devices.mesh, devices.rules
-    )
-    staged = StagedTrainStep(
-      lambda stage: sharding.jit_train_step(
-        phase.make_step(stage),
-        devices.mesh,
-        devices.rules,
-        state_shardings,
-        self.teacher_shardings,
-      ),
-      phase.stage_of,
-      self.teacher_params,
-      describe=lambda stage: self._cost_split(phase, stage),
-    )
-    run_eval = None
+    params = None if resume.resuming else first_params()
+    make_evaluate = None
     if phase.evaluate and self.eval_sets:
-      eval_step = sharding.jit_eval_step(
-        steps.make_eval_step(
-          self.student_model,
-          outputs_fn=pretraining.mlm_nsp_sums,
-          model_inputs_fn=pretraining.pretraining_inputs,
-        ),
-        devices.mesh,
-        devices.rules,
-        state_shardings.params,
-      )
 
-      def run_eval(params: PyTree) -> dict[str, float]:
-        return pretraining.evaluate(eval_step, params, self.eval_sets, devices)
-
-    manager = checkpointing.CheckpointManager(
-      resume.checkpoint_dir,
-      save_interval_steps=config.checkpoint_every_steps,
-      max_to_keep=config.keep_checkpoints,
-      model_config=model_config,
-      train_config=config,
-    )
-    writer = summaries.MetricWriter(phase.workdir)
-    with manager, writer:
-      params = None if resume.resuming else first_params()
-      initial = initialization.InitialWeights(model_config, params, "the teacher and phase 1")
-      start = setup.start_train_state(
-        config=config,
-        resume=resume,
-        initial=initial,
-        model=self.student_model,
-        optimizer=phase.optimizer.transformation,
-        devices=devices,
-        state_shardings=state_shardings,
-        manager=manager,
-        data_iterator=train_batches,
-      )
-      del initial, params
-      setup.record_start(
-        workdir=phase.workdir,
-        config=config,
-        model_config=model_config,
-        devices=devices,
-        start=start,
-        total_steps=phase.total_steps,
-        writer=writer,
-        what=phase.spec.name,
-      )
-      staged.step = start.step
-      state = loop.run_train_loop(
-        start.state,
-        start_step=start.step,
-        settings=loop.LoopSettings(
-          total_steps=phase.total_steps,
-          log_every_steps=config.log_every_steps,
-          eval_every_steps=config.eval_every_steps if run_eval else 0,
-          progress_bar=config.progress_bar,
-          batch_counts=lambda batch: self._batch_counts(phase, staged.next_stage(), batch),
-          peak_flops_per_sec=flops.peak_flops(list(devices.mesh.devices.flat), model_config.dtype),
-          profile_steps=config.get("profile_steps") or None,
-          profile_dir=os.path.join(phase.workdir, "profile"),
-        ),
-        train_step=staged,
-        next_batch=lambda: distributed.global_batch_from_local(
-          next(train_batches), devices.batch_sharding
-        ),
-        data_state=train_batches.get_state,
-        manager=manager,
-        writer=writer,
-        evaluate=(lambda s: run_eval(s.params)) if run_eval else None,
-      )
-      metrics: dict[str, float] = {}
-      if run_eval is not None:
-        metrics = run_eval(state.params)
-        setup.record_final_metrics(
-          phase.workdir, writer, max(phase.total_steps, start.step), metrics
+      def make_evaluate(shardings: Any) -> Callable[[PyTree], dict[str, float]]:
+        return pretraining.held_out_evaluator(
+          self.student_model, self.eval_sets, self.devices, shardings
         )
+
+    state, metrics = run.train(
+      run.RunSpec(
+        config=config,
+        workdir=phase.workdir,
+        model=self.student_model,
+        total_steps=phase.total_steps,
+        optimizer=phase.optimizer,
+        train_batches=pretraining.train_batch_schedule(config, self.tokenizer, phase.total_steps),
+        make_step=phase.make_step,
+        stage_of=phase.stage_of,
+        frozen=self.teacher_params,
+        frozen_shardings=self.teacher_shardings,
+        batch_counts=lambda stage, batch: self._batch_counts(phase, stage, batch),
+        describe_stage=lambda stage: self._cost_split(phase, stage),
+        make_evaluate=make_evaluate,
+        what=phase.spec.name,
+      ),
+      resume=resume,
+      initial=initialization.InitialWeights(model_config, params, "the teacher and phase 1"),
+      devices=self.devices,
+    )
     return state.params, metrics
 
   def _flops_per_sequence(
@@ -591,44 +525,6 @@ class _PhaseRunner:
       f"is {teacher / 1e9:.3g} GFLOP ({100 * teacher / (teacher + student):.0f}% of the step), "
       f"the student's train step {student / 1e9:.3g} GFLOP"
     )
-
-
-class StagedTrainStep:
-  """`train_step(state, batch)` for the loop: the compiled step of the update's stage.
-
-  Steps are compiled when their stage first comes (one per stage of progressive transfer) and
-  the previous stage's is dropped. `step` is the number of updates applied so far; the trainer
-  sets it to the start step.
-  """
-
-  def __init__(
-    self,
-    make_step: Callable[[int | None], sharding.MeshFunction],
-    stage_of: Callable[[int], int | None],
-    frozen: PyTree,
-    *,
-    describe: Callable[[int | None], str],
-  ):
-    self._make_step = make_step
-    self._stage_of = stage_of
-    self._frozen = frozen
-    self._describe = describe
-    self._stage: int | None = None
-    self._step_fn: sharding.MeshFunction | None = None
-    self.step = 0
-
-  def next_stage(self) -> int | None:
-    """The stage of the next update."""
-    return self._stage_of(self.step)
-
-  def __call__(self, state: PyTree, batch: PyTree) -> tuple[PyTree, dict[str, Array]]:
-    stage = self.next_stage()
-    if self._step_fn is None or stage != self._stage:
-      self._step_fn, self._stage = None, stage
-      logging.info("%s", self._describe(stage))
-      self._step_fn = self._make_step(stage)
-    self.step += 1
-    return self._step_fn(state, batch, self._frozen)
 
 
 # ----------------------------------------------------------------------------------------------

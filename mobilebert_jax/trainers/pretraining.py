@@ -63,17 +63,16 @@ from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.models import MobileBertForPreTraining
 from mobilebert_jax.train import (
-  checkpointing,
   distributed,
   evaluation,
   flops,
   initialization,
   loop,
   optim,
+  run,
   setup,
   sharding,
   steps,
-  summaries,
 )
 
 Array = jax.Array
@@ -128,110 +127,59 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   model = MobileBertForPreTraining(model_config)
 
   # ------------------------------------------------------------------------------------------
-  # Optimizer and steps
+  # Optimizer and step; the run (state, checkpoints, loop, final evaluation) is the library's
   # ------------------------------------------------------------------------------------------
   try:
-    optimizer, schedule = optim.build_optimizer(
-      **config.optimizer.to_dict(), total_steps=max(total_steps, 1)
-    )
+    optimizer = optim.build_optimizer(**config.optimizer.to_dict(), total_steps=max(total_steps, 1))
   except ValueError as e:
     raise RunConfigError(f"--config.optimizer: {e}") from None
-  state_shardings = sharding.train_state_shardings(model, optimizer, devices.mesh, devices.rules)
-  train_step = sharding.jit_train_step(
-    steps.make_train_step(
-      steps.model_loss_fn(
-        model,
-        make_mlm_nsp_loss(config.loss.mlm_denominator_eps),
-        model_inputs_fn=pretraining_inputs,
-      ),
-      optimizer,
-      grad_accum_steps=config.grad_accum_steps,
-      learning_rate_fn=schedule,
+  train_step = steps.make_train_step(
+    steps.model_loss_fn(
+      model, make_mlm_nsp_loss(config.loss.mlm_denominator_eps), model_inputs_fn=pretraining_inputs
     ),
-    devices.mesh,
-    devices.rules,
-    state_shardings,
+    optimizer.transformation,
+    grad_accum_steps=config.grad_accum_steps,
+    learning_rate_fn=optimizer.schedule,
   )
+  counts = _batch_counts(model_config)
+  _, final_metrics = run.train(
+    run.RunSpec(
+      config=config,
+      workdir=workdir,
+      model=model,
+      total_steps=total_steps,
+      optimizer=optimizer,
+      train_batches=train_batches,
+      make_step=lambda stage: train_step,
+      batch_counts=lambda stage, batch: counts(batch),
+      make_evaluate=(lambda shardings: held_out_evaluator(model, eval_sets, devices, shardings))
+      if eval_sets
+      else None,
+      what="pretraining",
+    ),
+    resume=resume,
+    initial=initial,
+    devices=devices,
+  )
+  if not eval_sets:
+    logging.warning("no held-out data (--config.data.eval_files): nothing to evaluate")
+  return final_metrics
+
+
+def held_out_evaluator(
+  model: MobileBertForPreTraining,
+  eval_sets: Mapping[str, Mapping[str, np.ndarray]],
+  devices: setup.Devices,
+  state_shardings: Any,
+) -> Callable[[PyTree], dict[str, float]]:
+  """`evaluate(params) -> metrics` of a MLM + NSP model on the held-out sets (`eval_features`)."""
   eval_step = sharding.jit_eval_step(
     steps.make_eval_step(model, outputs_fn=mlm_nsp_sums, model_inputs_fn=pretraining_inputs),
     devices.mesh,
     devices.rules,
     state_shardings.params,
   )
-
-  def run_eval(params: PyTree) -> dict[str, float]:
-    return evaluate(eval_step, params, eval_sets, devices)
-
-  # ------------------------------------------------------------------------------------------
-  # Checkpoints and the train state: restored, built around the first weights, or initialised
-  # ------------------------------------------------------------------------------------------
-  manager = checkpointing.CheckpointManager(
-    resume.checkpoint_dir,
-    save_interval_steps=config.checkpoint_every_steps,
-    max_to_keep=config.keep_checkpoints,
-    model_config=model_config,
-    train_config=config,
-  )
-  writer = summaries.MetricWriter(workdir)
-  with manager, writer:
-    start = setup.start_train_state(
-      config=config,
-      resume=resume,
-      initial=initial,
-      model=model,
-      optimizer=optimizer,
-      devices=devices,
-      state_shardings=state_shardings,
-      manager=manager,
-      data_iterator=train_batches,
-    )
-    del initial  # the host copy of the first weights is no longer needed
-    setup.record_start(
-      workdir=workdir,
-      config=config,
-      model_config=model_config,
-      devices=devices,
-      start=start,
-      total_steps=total_steps,
-      writer=writer,
-      what="pretraining",
-    )
-
-    # ----------------------------------------------------------------------------------------
-    # Train loop
-    # ----------------------------------------------------------------------------------------
-    state = loop.run_train_loop(
-      start.state,
-      start_step=start.step,
-      settings=loop.LoopSettings(
-        total_steps=total_steps,
-        log_every_steps=config.log_every_steps,
-        eval_every_steps=config.eval_every_steps if eval_sets else 0,
-        progress_bar=config.progress_bar,
-        batch_counts=_batch_counts(model_config),
-        peak_flops_per_sec=flops.peak_flops(list(devices.mesh.devices.flat), model_config.dtype),
-        profile_steps=config.get("profile_steps") or None,
-        profile_dir=os.path.join(workdir, "profile"),
-      ),
-      train_step=train_step,
-      next_batch=lambda: distributed.global_batch_from_local(
-        next(train_batches), devices.batch_sharding
-      ),
-      data_state=train_batches.get_state,
-      manager=manager,
-      writer=writer,
-      evaluate=lambda s: run_eval(s.params),
-    )
-
-    # ----------------------------------------------------------------------------------------
-    # Final evaluation
-    # ----------------------------------------------------------------------------------------
-    if not eval_sets:
-      logging.warning("no held-out data (--config.data.eval_files): nothing to evaluate")
-      return {}
-    final_metrics = run_eval(state.params)
-    setup.record_final_metrics(workdir, writer, max(total_steps, start.step), final_metrics)
-  return final_metrics
+  return lambda params: evaluate(eval_step, params, eval_sets, devices)
 
 
 # ----------------------------------------------------------------------------------------------
