@@ -275,6 +275,22 @@ def test_bad_command_lines_fail_in_one_line(tmp_path, args, message):
   assert re.search(message, lines[0]), lines[0]
 
 
+@pytest.mark.parametrize("variant", ["", "size=tiny"])
+def test_config_variants_load(variant):
+  config = cli.load_config_file(f"{CONFIGS}/distill.py" + (f":{variant}" if variant else ""))
+  assert config.task == initialization.DISTILLATION.name
+  assert config.distill.factors.to_dict() == {
+    "feature": 100.0,
+    "attention": 1.0,
+    "mean": 5000.0,
+    "variance": 5.0,
+  }
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.distill.strategi = "joint"  # locked: misspellings cannot add fields
+  json.loads(config.to_json_best_effort())
+
+
 def test_command_line_defaults(tmp_path):
   parsed = distill.parse_flags(["mobilebert-distill", f"--workdir={tmp_path}", "--teacher=t"])
   assert parsed.config.model.preset == "mobilebert-uncased"
