@@ -11,7 +11,8 @@ keeps our own form.
 
 Besides the architecture, the config carries the few implementation switches of this port
 (`scan_layers`, `remat_policy`, `dtype`, `param_dtype`, ...). They never change the numbers of an
-fp32 forward pass, and they are not written into HF `config.json` files.
+fp32 forward pass, except the quantization switches (`quantization_aware`, `quantization_export`,
+which simulate int8), and they are not written into HF `config.json` files.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ class MobileBertConfig:
     dtype: compute dtype of matrix multiplications ("float32" or "bfloat16"); norms, softmax and
       the residual stream stay in float32.
     param_dtype: storage dtype of the parameters.
+    quantization_aware: quantization-aware training as the original MobileBERT QAT
+      (`mobilebert_jax.model.quantization`, docs/quantization.md): fake 8-bit quantization of
+      every dense layer's input and kernel, NoNorm's input/γ/β/product, the attention scores
+      (clipped to [-6, 60]; masked keys get `masked_attention_logit`, default -6) and context,
+      with moving-average activation ranges in the `quant_ranges` collection. Needs ReLU6 and
+      NoNorm, as the original (preset "mobilebert-uncased-qat"). Off: the float model, unchanged.
+    quantization_export: with `quantization_aware`, the form handed to a full-integer TFLite
+      converter: every activation fake quantization becomes a clip to its learned range (the
+      converter's calibration then finds at most those ranges) and kernels stay float.
   """
 
   vocab_size: int = 30522
@@ -126,6 +136,8 @@ class MobileBertConfig:
   remat_policy: str = "none"
   dtype: str = "float32"
   param_dtype: str = "float32"
+  quantization_aware: bool = False
+  quantization_export: bool = False
 
   # ------------------------------------------------------------------------------------------
   # Validation and derived sizes
@@ -196,6 +208,16 @@ class MobileBertConfig:
       )
     if self.masked_attention_logit is not None and self.masked_attention_logit > 0:
       problems.append("masked_attention_logit must be negative (or None)")
+    if self.quantization_aware and (
+      self.hidden_act != "relu6" or self.normalization_type != "no_norm"
+    ):
+      problems.append(
+        "quantization_aware needs hidden_act='relu6' and normalization_type='no_norm' as the "
+        f"original QAT (got {self.hidden_act!r}, {self.normalization_type!r}); set them too or "
+        "use the 'mobilebert-uncased-qat' preset"
+      )
+    if self.quantization_export and not self.quantization_aware:
+      problems.append("quantization_export applies only with quantization_aware=True")
     if problems:
       raise ValueError("Invalid MobileBertConfig: " + "; ".join(problems))
 
@@ -423,6 +445,8 @@ IMPLEMENTATION_FIELDS = frozenset(
     "remat_policy",
     "dtype",
     "param_dtype",
+    "quantization_aware",
+    "quantization_export",
   }
 )
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilebert_jax.model import quantization
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.layers import (
   Dense,
@@ -204,19 +205,28 @@ class SelfAttention(nn.Module):
 
     # Scores in float32: the product is scaled after the matmul, as TF1 and transformers do.
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    scores = scores * np.float32(head_size**-0.5)
-    if config.masked_attention_logit is None:
-      fill = jnp.finfo(jnp.float32).min
+    if config.quantization_aware:
+      # The original QAT's -6 fill unless another value is set (a huge fill has no 8-bit range).
+      fill = -6.0 if config.masked_attention_logit is None else config.masked_attention_logit
+      scores = quantization.AttentionScoreQuantizer(config.quantization_export, name="scores")(
+        scores, mask, head_size**-0.5, fill
+      )
     else:
-      fill = jnp.float32(config.masked_attention_logit)
-    # The finite fill (not -inf) keeps log_softmax of the logits finite at masked keys, which
-    # attention transfer needs: there the teacher's probability is 0 and 0 * -inf would be NaN.
-    scores = jnp.where(mask, scores, fill)
+      scores = scores * np.float32(head_size**-0.5)
+      if config.masked_attention_logit is None:
+        fill = jnp.finfo(jnp.float32).min
+      else:
+        fill = jnp.float32(config.masked_attention_logit)
+      # The finite fill (not -inf) keeps log_softmax of the logits finite at masked keys, which
+      # attention transfer needs: there the teacher's probability is 0 and 0 * -inf would be NaN.
+      scores = jnp.where(mask, scores, fill)
     probs = jax.nn.softmax(scores, axis=-1)
     dropped = nn.Dropout(config.attention_probs_dropout_prob)(
       probs, deterministic=self.deterministic
     )
     context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(value.dtype), value)
+    if config.quantization_aware:
+      context = quantization.quantize_context(context, config.quantization_export)
 
     width = config.true_hidden_size
     width_axis = _block_width_axis(config)
@@ -462,7 +472,7 @@ class MobileBertEncoder(nn.Module):
     if config.scan_layers:
       stack = nn.scan(
         block_cls,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, quantization.RANGES: 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,),
         length=depth,

@@ -7,12 +7,15 @@ map its logical axis names (`vocab`, `embed`, `hidden`, `bottleneck`, `mlp`, `he
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mobilebert_jax.model import quantization
 from mobilebert_jax.model.config import MobileBertConfig
 
 Array = jax.Array
@@ -69,6 +72,101 @@ def activation(name: str) -> Callable[[Array], Array]:
 DotGeneral = Callable[..., Array]
 
 
+def _dense_contract_dims(
+  dimension_numbers: tuple, lhs: Array, rhs: Array, precision, preferred_element_type
+) -> int | None:
+  """n when a `dot_general` is Dense-shaped (lhs's last n dims against rhs's first n), else None.
+
+  Only such products of two same-dtype float arrays, with default precision and output type,
+  take `dense_product`'s gradient; anything else goes to `jax.lax.dot_general` unchanged.
+  """
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  n = len(lhs_contract)
+  dense_shaped = (
+    n > 0
+    and not lhs_batch
+    and not rhs_batch
+    and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
+    and tuple(rhs_contract) == tuple(range(n))
+  )
+  plain = precision is None and preferred_element_type is None
+  floats = lhs.dtype == rhs.dtype and jnp.issubdtype(lhs.dtype, jnp.floating)
+  return n if dense_shaped and plain and floats else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_product(x: Array, kernel: Array, contract_dims: int) -> Array:
+  return jax.lax.dot_general(
+    x,
+    kernel,
+    ((tuple(range(x.ndim - contract_dims, x.ndim)), tuple(range(contract_dims))), ((), ())),
+  )
+
+
+def _dense_product_fwd(x: Array, kernel: Array, contract_dims: int) -> tuple[Array, tuple]:
+  return _dense_product(x, kernel, contract_dims), (x, kernel)
+
+
+def _dense_product_bwd(contract_dims: int, residuals: tuple, dy: Array) -> tuple[Array, Array]:
+  x, kernel = residuals
+  out_dims = kernel.ndim - contract_dims
+  # dx = dy · Wᵀ: contracting the minor dims of both operands, a form the CPU matmul library takes.
+  dx = jax.lax.dot_general(
+    dy,
+    kernel,
+    (
+      (tuple(range(dy.ndim - out_dims, dy.ndim)), tuple(range(contract_dims, kernel.ndim))),
+      ((), ()),
+    ),
+  )
+  # dW = xᵀ · dy over all N = batch·length rows. Left to itself, XLA:CPU contracts x on its major
+  # axis (a "transposed-lhs" dot) that YNNPACK does not take, so it falls back to a generic matmul
+  # at less than half the rate (experiments/2026-12-06_train_step_speed). Transposing one operand
+  # explicitly, behind an optimization barrier so the simplifier cannot fold it back into the
+  # dot, gives a plain row-major product. The cheaper operand to transpose is the narrower one.
+  fan_in, fan_out = math.prod(kernel.shape[:contract_dims]), math.prod(kernel.shape[contract_dims:])
+  x2 = x.reshape(-1, fan_in)
+  dy2 = dy.reshape(-1, fan_out)
+  if fan_out < fan_in:
+    # [out, in] = dyᵀ·x, then a cheap transpose of the small result; the second barrier stops the
+    # simplifier from folding that transpose into the dot, which would swap it back.
+    dkernel = jax.lax.optimization_barrier(jnp.matmul(jax.lax.optimization_barrier(dy2.T), x2)).T
+  else:
+    dkernel = jnp.matmul(jax.lax.optimization_barrier(x2.T), dy2)
+  return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_dense_product.defvjp(_dense_product_fwd, _dense_product_bwd)
+
+
+def dense_product(
+  lhs: Array, rhs: Array, dimension_numbers: tuple, precision=None, preferred_element_type=None
+) -> Array:
+  """`jax.lax.dot_general` with a weight gradient laid out for the CPU matmul library.
+
+  The forward value is exactly `jax.lax.dot_general`'s (the same call). For a Dense-shaped
+  product (x's last n axes against W's first n, same float dtype, default precision) the
+  gradient is hand-written: dx = dy·Wᵀ as autodiff computes it, and dW = xᵀ·dy with the
+  transpose of one operand made explicit (see `_dense_product_bwd` for why). The gradients equal
+  autodiff's up to float summation order. Other products, and every product when the default
+  backend is not the CPU, call `jax.lax.dot_general` directly.
+
+  Args:
+    lhs: [..., *in] input x.
+    rhs: [*in, *out] kernel W.
+    dimension_numbers, precision, preferred_element_type: as `jax.lax.dot_general`.
+
+  Returns:
+    [..., *out] product.
+  """
+  n = _dense_contract_dims(dimension_numbers, lhs, rhs, precision, preferred_element_type)
+  # Only XLA:CPU needs the help; GPU/TPU compilers take transposed operands natively, and there
+  # the optimization barriers would only forbid fusions.
+  if n is None or jax.default_backend() != "cpu":
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+  return _dense_product(lhs, rhs, n)
+
+
 def dense_dot_general(config: MobileBertConfig) -> DotGeneral:
   """Chooses the matmul of every `Dense` in the model: the single quantization hook.
 
@@ -78,20 +176,29 @@ def dense_dot_general(config: MobileBertConfig) -> DotGeneral:
   may also return a freshly built Flax module (an AQT-style quantized dot_general with its own
   variables), which then becomes a child of that layer.
 
-  The default is `jax.lax.dot_general` itself, not a wrapper: Qwix (google/qwix) quantizes a
-  linen model by intercepting the calls of `jax.lax.dot_general` (and `jax.numpy.einsum`) made
-  inside each module and picks its rule from the module path (e.g.
-  `mobilebert/encoder/layer_0/attention/query`), so `qwix.quantize_model(model,
-  qwix.QtProvider(rules))` quantizes every `Dense` with no change here.
+  The float default is `dense_product`: `jax.lax.dot_general` in the forward pass (the same
+  call, so the same numbers) with a weight gradient laid out for XLA:CPU's matmul library: the
+  weight-gradient matmuls, ~27% of the CPU training step's op time on XLA's generic dot, now run
+  on YNNPACK like the forward ones (experiments/2026-12-06_train_step_speed). Qwix
+  (google/qwix) quantizes a linen model by intercepting the calls of `jax.lax.dot_general` (and
+  `jax.numpy.einsum`) made inside each module and picks its rule from the module path (e.g.
+  `mobilebert/encoder/layer_0/attention/query`); the forward call is still one, so
+  `qwix.quantize_model(model, qwix.QtProvider(rules))` finds every `Dense` (for Qwix QAT, whose
+  gradients must pass through its fake quantization, give the layers
+  `dot_general=jax.lax.dot_general`).
+
+  With `config.quantization_aware` it is a `quantization.FakeQuantDotGeneral` child of the layer
+  (fake-quantized input and kernel, the original MobileBERT QAT).
 
   Args:
-    config: model config (unused for now: float matmuls everywhere).
+    config: model config.
 
   Returns:
     A function with `jax.lax.dot_general`'s signature.
   """
-  del config
-  return jax.lax.dot_general
+  if config.quantization_aware:
+    return quantization.make_dot_general(config.quantization_export)
+  return dense_product
 
 
 class Dense(nn.Module):
@@ -194,6 +301,13 @@ class NoNorm(nn.Module):
     bias = self.param(
       "bias", partitioned(nn.initializers.zeros_init(), (self.axis_name,)), (width,), param_dtype
     )
+    if self.config.quantization_aware:
+      return quantization.no_norm(
+        x.astype(jnp.float32),
+        scale.astype(jnp.float32),
+        bias.astype(jnp.float32),
+        self.config.quantization_export,
+      )
     return x.astype(jnp.float32) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 

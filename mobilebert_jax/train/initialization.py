@@ -174,6 +174,8 @@ def initial_weights(config: ConfigDict, task: RunModel, tokenizer: Any) -> Initi
       model_config = MobileBertConfig.from_preset(preset, **overrides)
     except KeyError as e:
       raise ValueError(str(e.args[0])) from None
+    except ValueError as e:  # an impossible --config.model combination: one line on the CLI
+      raise RunConfigError(f"--config.model: {e}") from None
     weights = InitialWeights(model_config, None, f"from scratch ({preset} architecture)")
   elif find_checkpoint(source) is not None:
     weights = _from_our_checkpoint(source, task, overrides, config.seed)

@@ -240,7 +240,11 @@ def start_train_state(
     return StartState(restored.state, restored.step, source)
   if initial.params is not None:
     state = sharding.create_train_state_from_params(
-      initial.params, optimizer, state_shardings, rng=config.seed
+      initial.params,
+      optimizer,
+      state_shardings,
+      rng=config.seed,
+      collections=sharding.initial_collections(model),
     )
   else:
     state = sharding.create_train_state(

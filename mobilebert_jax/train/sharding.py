@@ -325,6 +325,21 @@ def make_init_fn(
   return init_fn
 
 
+def initial_collections(model: nn.Module) -> dict[str, PyTree]:
+  """The model's initial non-parameter collections (e.g. QAT ranges), as `model.init` makes them.
+
+  For a state built around given parameters. Under `jit` the unused random parameters are dead
+  code, so this costs no parameter initialisation; a model without collections gives {}.
+  """
+
+  def init(rng: jax.Array) -> dict[str, PyTree]:
+    variables = dict(nn.meta.unbox(model.init(rng, dummy_inputs(model))))
+    variables.pop("params", None)
+    return variables
+
+  return jax.device_get(jax.jit(init)(jax.random.key(0)))
+
+
 def _abstract_key() -> jax.ShapeDtypeStruct:
   return jax.eval_shape(lambda: jax.random.key(0))
 

@@ -128,11 +128,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     devices.mesh,
     devices.rules,
     state_shardings.params,
+    state_shardings.collections,
   )
 
-  def run_eval(params: PyTree, output_dir: str | None) -> dict[str, float]:
+  def run_eval(params: PyTree, collections: PyTree, output_dir: str | None) -> dict[str, float]:
+    # The model's collections (e.g. QAT ranges) are read, frozen, by every eval step.
+    eval_fn = (lambda p, b: eval_step(p, b, collections)) if collections else eval_step
     return evaluation.evaluate(
-      eval_step,
+      eval_fn,
       params,
       eval_sets,
       global_batch_size=devices.eval_batch_size,
@@ -201,13 +204,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       data_state=train_batches.get_state,
       manager=manager,
       writer=writer,
-      evaluate=lambda s: run_eval(s.params, None),
+      evaluate=lambda s: run_eval(s.params, s.collections, None),
     )
 
     # ----------------------------------------------------------------------------------------
     # Final evaluation
     # ----------------------------------------------------------------------------------------
-    final_metrics = run_eval(state.params, workdir)
+    final_metrics = run_eval(state.params, state.collections, workdir)
     setup.record_final_metrics(workdir, writer, max(total_steps, start.step), final_metrics)
   return final_metrics
 

@@ -1,0 +1,340 @@
+"""Quantization-aware training (QAT) as the original MobileBERT did it: fake quantization in Flax.
+
+The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modeling.py` with
+`use_quantized_training`) simulates 8-bit TFLite inference during fine-tuning:
+
+- activations: asymmetric 8-bit over [min, max] ranges kept as exponential moving averages of the
+  batch's min and max (decay 0.999, no zero-debiasing, initialised to [-6, 6], always containing
+  0), updated in training and frozen in evaluation. Each range is a pair of float32 scalars in
+  the `quant_ranges` collection (`RANGES`), next to the variable it quantizes;
+- weights: symmetric narrow-range 8-bit ([-127, 127] · absmax / 127) from their current values;
+- where: the input of every `Dense` (its kernel as a weight), NoNorm's input, γ, β and product
+  (γ and β as activations, as the original), the raw attention scores, the masked scores twice
+  (zeroed, then filled) before clipping them to [-6, 60], and the attention context.
+
+Gradients are straight-through: 1 where the input lies inside the (nudged) range, 0 outside,
+exactly the gradient of TF's `FakeQuantWithMinMaxVars` with respect to its input; the ranges get
+no gradient (TF1's range variables were not trainable).
+
+Why hand-written rather than Qwix: Qwix's QAT calibrates with a simple moving average, not an EMA
+with decay 0.999 starting from [-6, 6]; it does not quantize NoNorm's γ/β/product or clip
+attention scores; and its ODML/LiteRT conversion does not load in TF 2.20
+(`/work/shared/reference/export_anchors.md` §3.7). The arithmetic below is a transcription of
+`fake_quant_with_min_max_vars` (range nudging so that 0 is exactly representable, round half
+up), which `tests/quantization_test.py` checks against TF's own op.
+
+Export (`MobileBertConfig.quantization_export`): TFLite's full-integer converter cannot take a
+rounding graph, and it picks every tensor's range by calibration. In the export form each
+activation fake quantization becomes a clip to its learned, nudged range, so the converter's
+calibration sees at most the learned ranges; weights are left to the converter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# The Flax collection of the activation ranges.
+RANGES = "quant_ranges"
+NUM_BITS = 8
+EMA_DECAY = 0.999
+INIT_MIN = -6.0
+INIT_MAX = 6.0
+# The original clips the masked attention logits to this range before the softmax.
+ATTENTION_LOGIT_RANGE = (-6.0, 60.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The arithmetic of TF's FakeQuantWithMinMaxVars
+# ----------------------------------------------------------------------------------------------
+
+
+def nudged_range(
+  minimum: Array,
+  maximum: Array,
+  num_bits: int = NUM_BITS,
+  narrow_range: bool = False,
+  *,
+  exact: bool = True,
+) -> tuple[Array, Array, Array, Array]:
+  """The grid TF's fake quantization uses for a range: nudged so that 0 is a grid point.
+
+  Args:
+    minimum: float32 scalar, the range's lower end.
+    maximum: float32 scalar, the range's upper end.
+    num_bits: bits of the integer type.
+    narrow_range: use the integers [1, 2^bits - 1] instead of [0, 2^bits - 1].
+    exact: keep XLA from rewriting the divisions (bit-exact with TF's kernel). False for the
+      export form: TFLite's converter does not take the optimization barrier this needs, and a
+      clip bound one ulp off does not matter.
+
+  Returns:
+    (nudged_min, nudged_max, scale, inverse_scale), float32 scalars. The inverse is computed from
+    the range, not as 1/scale, as TF does.
+  """
+  # XLA rewrites a division by a constant into a multiplication by its reciprocal, which rounds
+  # differently from TF's kernel (e.g. 12/255 != 12 * (1/255) in float32); the barrier hides the
+  # constants and constant ranges from that rewrite.
+  values = (
+    jnp.float32(1 if narrow_range else 0),
+    jnp.float32(2**num_bits - 1),
+    jnp.asarray(minimum, jnp.float32),
+    jnp.asarray(maximum, jnp.float32),
+  )
+  if exact:
+    values = jax.lax.optimization_barrier(values)
+  quant_min, quant_max, minimum, maximum = values
+  scale = (maximum - minimum) / (quant_max - quant_min)
+  inverse_scale = (quant_max - quant_min) / (maximum - minimum)
+  zero_point_from_min = quant_min - minimum / scale
+  # std::round (half away from zero) of a value that is >= 0 wherever it is not clipped.
+  nudged_zero_point = jnp.clip(
+    jnp.floor(zero_point_from_min + np.float32(0.5)), quant_min, quant_max
+  )
+  nudged_min = (quant_min - nudged_zero_point) * scale
+  nudged_max = (quant_max - nudged_zero_point) * scale
+  return nudged_min, nudged_max, scale, inverse_scale
+
+
+@jax.custom_vjp
+def _fake_quant(
+  x: Array, nudged_min: Array, nudged_max: Array, scale: Array, inverse_scale: Array
+) -> Array:
+  # The operation order of TF's kernel, so that ties round the same way.
+  quant_zero = jnp.floor(-nudged_min * inverse_scale + np.float32(0.5))
+  shifted = jnp.clip(x, nudged_min, nudged_max) - nudged_min
+  out = jnp.floor(shifted / scale - quant_zero + np.float32(0.5)) * scale
+  # TF returns zeros for the empty range [0, 0] (e.g. an all-zero weight).
+  return jnp.where(scale == 0, jnp.zeros_like(out), out)
+
+
+def _fake_quant_fwd(x, nudged_min, nudged_max, scale, inverse_scale):
+  out = _fake_quant(x, nudged_min, nudged_max, scale, inverse_scale)
+  return out, (x, nudged_min, nudged_max, scale, inverse_scale)
+
+
+def _fake_quant_bwd(residuals, grad):
+  x, nudged_min, nudged_max, scale, inverse_scale = residuals
+  inside = (x >= nudged_min) & (x <= nudged_max)
+  range_grads = tuple(jnp.zeros_like(v) for v in (nudged_min, nudged_max, scale, inverse_scale))
+  return (jnp.where(inside, grad, 0).astype(grad.dtype), *range_grads)
+
+
+_fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
+def fake_quant(
+  x: Array,
+  minimum: Array,
+  maximum: Array,
+  num_bits: int = NUM_BITS,
+  narrow_range: bool = False,
+) -> Array:
+  """Quantizes and dequantizes `x` on the grid of [minimum, maximum], as TF's op does.
+
+  Values are clamped to the nudged range and rounded half up to the nearest grid point. The
+  gradient with respect to `x` passes straight through inside the nudged range and is 0 outside;
+  the range gets no gradient.
+
+  Args:
+    x: any-shaped input (computed in float32, returned in x's dtype).
+    minimum: float32 scalar, the range's lower end (<= 0 for a meaningful grid).
+    maximum: float32 scalar, the range's upper end.
+    num_bits: bits of the integer type.
+    narrow_range: use [1, 2^bits - 1] (symmetric weights) instead of [0, 2^bits - 1].
+
+  Returns:
+    Array like `x`.
+  """
+  grid = nudged_range(minimum, maximum, num_bits, narrow_range)
+  # Hidden from constant folding for the same reason as in `nudged_range`.
+  grid = jax.lax.optimization_barrier(tuple(jax.lax.stop_gradient(v) for v in grid))
+  return _fake_quant(x.astype(jnp.float32), *grid).astype(x.dtype)
+
+
+def quantize_weight(w: Array, num_bits: int = NUM_BITS) -> Array:
+  """Symmetric narrow-range fake quantization of a weight from its current values.
+
+  The range is [-absmax, absmax] of `w` (the original's "last value" symmetric quantizer), so
+  the integer grid is [-127, 127] · absmax / 127 with zero exactly representable.
+
+  Args:
+    w: weight of any shape.
+    num_bits: bits of the integer type.
+
+  Returns:
+    Array like `w`; the gradient passes straight through.
+  """
+  absmax = jax.lax.stop_gradient(jnp.max(jnp.abs(w.astype(jnp.float32))))
+  return fake_quant(w, -absmax, absmax, num_bits, narrow_range=True)
+
+
+def ema_update(old: Array, batch_value: Array, decay: float = EMA_DECAY) -> Array:
+  """One step of the moving average, as TF's `assign_moving_average(zero_debias=False)`."""
+  return old - (old - batch_value) * np.float32(1.0 - decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flax modules
+# ----------------------------------------------------------------------------------------------
+
+
+class ActivationQuantizer(nn.Module):
+  """Fake quantization of an activation with a moving-average range in the `RANGES` collection.
+
+  Training (the collection is mutable and the module is not initialising): the range moves
+  towards [min(batch min, 0), max(batch max, 0)] by one EMA step and `x` is quantized on the
+  *updated* range, as TF1's `MovingAvgQuantize`. Otherwise the stored range is used unchanged.
+  With `export` the quantization is replaced by a clip to the nudged range (see the module
+  docstring).
+
+  Attributes:
+    export: clip instead of quantizing (the form handed to TFLite's converter).
+  """
+
+  export: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x: any-shaped activation. Returns: the same shape and dtype."""
+    minimum = self.variable(RANGES, "min", lambda: jnp.float32(INIT_MIN))
+    maximum = self.variable(RANGES, "max", lambda: jnp.float32(INIT_MAX))
+    if self.is_mutable_collection(RANGES) and not self.is_initializing():
+      values = jax.lax.stop_gradient(x.astype(jnp.float32))
+      minimum.value = ema_update(minimum.value, jnp.minimum(jnp.min(values), 0.0))
+      maximum.value = ema_update(maximum.value, jnp.maximum(jnp.max(values), 0.0))
+    if self.export:
+      nudged_min, nudged_max, _, _ = nudged_range(minimum.value, maximum.value, exact=False)
+      return jnp.clip(x.astype(jnp.float32), nudged_min, nudged_max).astype(x.dtype)
+    return fake_quant(x, minimum.value, maximum.value)
+
+
+class FakeQuantDotGeneral(nn.Module):
+  """`jax.lax.dot_general` with a fake-quantized input (moving-average range) and kernel.
+
+  `layers.dense_dot_general` builds one inside every `Dense` of a quantization-aware model; its
+  range lives at `<dense>/input_quant/{min,max}` in `RANGES`.
+
+  Attributes:
+    export: the export form (input clipped to its range, kernel left as is).
+  """
+
+  export: bool = False
+
+  @nn.compact
+  def __call__(
+    self, lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None, **kwargs: Any
+  ) -> Array:
+    """Same signature as `jax.lax.dot_general`; `lhs` is the activation, `rhs` the kernel."""
+    lhs = ActivationQuantizer(self.export, name="input_quant")(lhs)
+    if not self.export:
+      rhs = quantize_weight(rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kwargs)
+
+
+def make_dot_general(export: bool) -> Callable[..., Array]:
+  """A `FakeQuantDotGeneral` child of the calling `Dense` (call inside its compact scope)."""
+  return FakeQuantDotGeneral(export, name="fake_quant")
+
+
+def no_norm(x: Array, scale: Array, bias: Array, export: bool) -> Array:
+  """NoNorm with the original's fake quantization: q(q(x) · q(γ)) + q(β), all as activations.
+
+  Call inside the NoNorm module's compact scope (it creates four `ActivationQuantizer`s).
+
+  Args:
+    x: [..., width] float32 input.
+    scale: [width] float32 γ.
+    bias: [width] float32 β.
+    export: the export form.
+
+  Returns:
+    [..., width] float32.
+  """
+  x = ActivationQuantizer(export, name="input_quant")(x)
+  bias = ActivationQuantizer(export, name="bias_quant")(bias)
+  scale = ActivationQuantizer(export, name="scale_quant")(scale)
+  product = ActivationQuantizer(export, name="product_quant")(x * scale)
+  return product + bias
+
+
+class AttentionScoreQuantizer(nn.Module):
+  """The original's quantized attention logits: q(raw), scale, q(masked), q(filled), clip.
+
+  Attributes:
+    export: the export form.
+  """
+
+  export: bool = False
+
+  @nn.compact
+  def __call__(self, raw_scores: Array, mask: Array, scale: float, fill: float) -> Array:
+    """Turns Q·Kᵀ into the softmax's input.
+
+    Args:
+      raw_scores: [batch, heads, query, key] float32 Q·Kᵀ before scaling.
+      mask: [batch, 1, 1, key] bool, True for keys that may be attended to.
+      scale: 1/sqrt(head size).
+      fill: the logit of masked keys (the original: -6).
+
+    Returns:
+      [batch, heads, query, key] float32 logits in [-6, 60].
+    """
+    scores = ActivationQuantizer(self.export, name="raw_quant")(raw_scores)
+    scores = scores * np.float32(scale)
+    # The original multiplies by the 0/1 mask, quantizes, adds (1 - mask) * fill and quantizes.
+    scores = ActivationQuantizer(self.export, name="masked_quant")(jnp.where(mask, scores, 0.0))
+    scores = ActivationQuantizer(self.export, name="filled_quant")(
+      jnp.where(mask, scores, np.float32(fill))
+    )
+    low, high = ATTENTION_LOGIT_RANGE
+    return jnp.clip(scores, np.float32(low), np.float32(high))
+
+
+def quantize_context(context: Array, export: bool) -> Array:
+  """Fake quantization of the attention context (call inside the attention's compact scope)."""
+  return ActivationQuantizer(export, name="context_quant")(context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the learned ranges
+# ----------------------------------------------------------------------------------------------
+
+
+def learned_ranges(collections: Any) -> dict[str, tuple[float, float]]:
+  """The learned (min, max) of every fake-quantization point, by '/'-joined module path.
+
+  Args:
+    collections: the model's non-parameter variables (e.g. `TrainState.collections`), or a
+      variables dict holding `RANGES`. Ranges of scanned blocks ([layers] arrays) are listed
+      per layer as `path[i]`.
+
+  Returns:
+    {path: (min, max)} as Python floats; empty when the model is not quantization-aware.
+  """
+  flat: dict[str, tuple[float, float]] = {}
+
+  def visit(node: Any, path: tuple[str, ...]) -> None:
+    if not hasattr(node, "items"):
+      return
+    if set(node.keys()) == {"min", "max"}:
+      low, high = np.asarray(node["min"]), np.asarray(node["max"])
+      name = "/".join(path)
+      if low.ndim == 0:
+        flat[name] = (float(low), float(high))
+      else:
+        for i, (a, b) in enumerate(zip(low.reshape(-1), high.reshape(-1), strict=True)):
+          flat[f"{name}[{i}]"] = (float(a), float(b))
+      return
+    for key, child in node.items():
+      visit(child, (*path, str(key)))
+
+  visit(collections.get(RANGES, {}) if hasattr(collections, "get") else {}, ())
+  return flat

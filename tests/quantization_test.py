@@ -1,0 +1,311 @@
+"""Quantization-aware training (`mobilebert_jax.model.quantization`, `quantization_aware=True`).
+
+The fake quantization is checked bit for bit against TF's own `fake_quant_with_min_max_vars`
+(values, range nudging, narrow range, ties) and its gradient op; the range update against TF's
+`assign_moving_average`. The model switch must leave the float model untouched when off, and a
+tiny QAT fine-tuning run must checkpoint its ranges, resume them exactly and evaluate with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mobilebert_jax.model import quantization
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import MobileBertForQuestionAnswering
+from mobilebert_jax.train import checkpointing, run_files
+from mobilebert_jax.trainers import finetuning as trainer
+
+tf = pytest.importorskip("tensorflow")
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
+TINY = dict(
+  vocab_size=128,
+  embedding_size=16,
+  hidden_size=32,
+  intra_bottleneck_size=16,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=24,
+  max_position_embeddings=16,
+  num_feedforward_networks=2,
+  hidden_act="relu6",
+)
+# (min, max, narrow_range): symmetric, asymmetric, ranges without 0 (nudged), tiny, wide.
+RANGES = [
+  (-6.0, 6.0, False),
+  (-6.0, 6.0, True),
+  (-0.3, 2.7, False),
+  (-1.234, 0.01, False),
+  (0.5, 3.0, False),
+  (-3.0, -1.0, False),
+  (-0.7, 9.3, True),
+  (-0.0123, 0.0456, False),
+  (-5.9, 61.3, False),
+  (0.0, 0.0, False),
+]
+
+
+def sample_values() -> np.ndarray:
+  """Normal values at two scales plus a dense grid that hits rounding ties and both clamps."""
+  rng = np.random.default_rng(0)
+  return np.concatenate(
+    [
+      4.0 * rng.standard_normal(20_000),
+      0.3 * rng.standard_normal(20_000),
+      np.linspace(-8.0, 8.0, 40_001),
+    ]
+  ).astype(np.float32)
+
+
+@pytest.mark.parametrize(("low", "high", "narrow"), RANGES)
+def test_fake_quant_is_tf_fake_quant_with_min_max_vars_bit_for_bit(low, high, narrow):
+  x = sample_values()
+  expected = tf.quantization.fake_quant_with_min_max_vars(
+    x, low, high, num_bits=8, narrow_range=narrow
+  ).numpy()
+  # Ranges as traced arguments (the model's case) and as constants folded into the program.
+  traced = jax.jit(lambda v, a, b: quantization.fake_quant(v, a, b, narrow_range=narrow))
+  folded = jax.jit(lambda v: quantization.fake_quant(v, low, high, narrow_range=narrow))
+  np.testing.assert_array_equal(np.asarray(traced(x, np.float32(low), np.float32(high))), expected)
+  np.testing.assert_array_equal(np.asarray(folded(x)), expected)
+
+
+@pytest.mark.parametrize(("low", "high", "narrow"), RANGES[:7])
+def test_straight_through_gradient_is_tf_gradient(low, high, narrow):
+  x = sample_values()
+  upstream = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+  expected = tf.quantization.fake_quant_with_min_max_vars_gradient(
+    upstream, x, low, high, num_bits=8, narrow_range=narrow
+  )[0].numpy()
+
+  def loss(v):
+    return jnp.sum(quantization.fake_quant(v, low, high, narrow_range=narrow) * upstream)
+
+  actual = np.asarray(jax.jit(jax.grad(loss))(x))
+  np.testing.assert_array_equal(actual, expected)
+  # Straight through inside the range, blocked outside (so both cases are exercised).
+  assert np.any(actual == upstream) and np.any(actual == 0)
+
+
+def test_weights_are_symmetric_narrow_range_from_their_current_values():
+  w = (0.05 * np.random.default_rng(2).standard_normal((64, 48))).astype(np.float32)
+  absmax = float(np.abs(w).max())
+  expected = tf.quantization.fake_quant_with_min_max_vars(
+    w, -absmax, absmax, num_bits=8, narrow_range=True
+  ).numpy()
+  q = np.asarray(jax.jit(quantization.quantize_weight)(w))
+  np.testing.assert_array_equal(q, expected)
+  steps = q / (absmax / 127)
+  np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the [-127, 127] grid
+  assert np.abs(np.round(steps)).max() == 127
+  grad = jax.grad(lambda v: jnp.sum(quantization.quantize_weight(v) * 3.0))(w)
+  np.testing.assert_array_equal(np.asarray(grad), np.full_like(w, 3.0))
+
+
+def test_moving_average_is_tf_assign_moving_average_and_quantizes_on_the_updated_range():
+  from tensorflow.python.training import moving_averages
+
+  quantizer = quantization.ActivationQuantizer()
+  x = jnp.asarray(np.linspace(-2.0, 9.0, 101, dtype=np.float32))
+  variables = quantizer.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(variables[quantization.RANGES]["min"], np.float32(-6.0))
+  np.testing.assert_array_equal(variables[quantization.RANGES]["max"], np.float32(6.0))
+
+  tf_min, tf_max = tf.Variable(-6.0), tf.Variable(6.0)
+  ranges = variables
+  apply = jax.jit(lambda v, x: quantizer.apply(v, x, mutable=[quantization.RANGES]))
+  for batch in (x, 0.5 * x + 1.0, x * x):
+    out, ranges = apply(ranges, batch)
+    b = np.asarray(batch)
+    low = moving_averages.assign_moving_average(tf_min, min(b.min(), 0.0), 0.999, zero_debias=False)
+    high = moving_averages.assign_moving_average(
+      tf_max, max(b.max(), 0.0), 0.999, zero_debias=False
+    )
+    stored = ranges[quantization.RANGES]
+    assert float(stored["min"]) == float(low.numpy()) and float(stored["max"]) == float(high)
+    expected = tf.quantization.fake_quant_with_min_max_vars(b, low, high).numpy()
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+  # Frozen (not mutable): the stored range is used and stays.
+  frozen = quantizer.apply(ranges, 100.0 * x)
+  assert float(np.asarray(frozen).max()) <= float(ranges[quantization.RANGES]["max"]) + 1e-6
+
+
+def test_attention_logits_follow_the_original_and_are_clipped():
+  scorer = quantization.AttentionScoreQuantizer()
+  raw = jnp.asarray(np.random.default_rng(3).normal(0, 30, (1, 2, 4, 4)).astype(np.float32))
+  mask = jnp.asarray([[[[True, True, True, False]]]])
+  variables = scorer.init(jax.random.key(0), raw, mask, 0.25, -6.0)
+  logits = np.asarray(scorer.apply(variables, raw, mask, 0.25, -6.0))
+  # Masked keys get the (quantized) fill; everything lies in [-6, 60].
+  grid = 12.0 / 255  # the initial [-6, 6] range
+  np.testing.assert_allclose(logits[..., 3], -6.0, atol=grid)
+  assert logits.min() >= -6.0 and logits.max() <= 60.0
+  # The last quantization is on the initial [-6, 6] grid: (k - 128) * 12/255 (zero point 128).
+  kept = logits[..., :3][logits[..., :3] > -6.0]
+  np.testing.assert_allclose(kept / grid, np.round(kept / grid), atol=1e-3)
+
+
+def tiny_model(**changes) -> MobileBertForQuestionAnswering:
+  return MobileBertForQuestionAnswering(MobileBertConfig(**{**TINY, **changes}))
+
+
+def inputs():
+  ids = jnp.asarray([[2, 17, 33, 9, 81, 5, 0, 0], [2, 4, 6, 8, 10, 12, 14, 3]], jnp.int32)
+  return ids, (ids > 0).astype(jnp.int32)
+
+
+def test_off_is_the_float_model_unchanged():
+  ids, mask = inputs()
+  for act in ("relu", "relu6"):
+    model = tiny_model(hidden_act=act)
+    variables = model.init(jax.random.key(0), ids, mask)
+    assert set(variables) == {"params"}
+    jaxpr = str(jax.make_jaxpr(lambda v, m=model: m.apply(v, ids, mask))(variables))
+    for primitive in ("floor", "optimization_barrier", "clamp"):
+      assert primitive not in jaxpr
+
+
+def test_quantization_aware_model_quantizes_and_stays_close_to_float():
+  ids, mask = inputs()
+  float_model = tiny_model()
+  qat_model = tiny_model(quantization_aware=True)
+  variables = qat_model.init(jax.random.key(0), ids, mask)
+  assert set(variables) == {"params", quantization.RANGES}
+  # Kernels (and tables) 10x their initial scale: activations of order 1, as the [-6, 6] ranges
+  # expect (at the initial scale the outputs are ~1e-3, below the 8-bit grid).
+  params = jax.tree.map(lambda x: 10.0 * x if x.ndim >= 2 else x, variables["params"])
+  variables = {**variables, "params": params}
+  params = {"params": params}
+  # NoNorm: input, γ, β, product; Dense: input; attention: 3 score points + context.
+  assert len(quantization.learned_ranges(variables)) == 84
+  expected = float_model.apply(params, ids, mask)
+  actual = qat_model.apply(variables, ids, mask)
+  error = np.abs(np.asarray(actual.start_logits) - np.asarray(expected.start_logits)).max()
+  scale = np.abs(np.asarray(expected.start_logits)).max()
+  assert 0 < error < 0.25 * scale
+
+  # The export form clips instead of quantizing: no rounding (and no barrier) in its program.
+  export_model = tiny_model(quantization_aware=True, quantization_export=True)
+  jaxpr = str(jax.make_jaxpr(lambda v: export_model.apply(v, ids, mask))(variables))
+  assert "optimization_barrier" not in jaxpr
+  # Only the scalar zero points of the ranges are rounded, no activation.
+  rounded = [line for line in jaxpr.splitlines() if "= floor" in line]
+  assert rounded and all(":f32[] = floor" in line for line in rounded)
+
+
+def test_quantization_aware_needs_relu6_and_no_norm():
+  with pytest.raises(ValueError, match="quantization_aware needs hidden_act='relu6'"):
+    MobileBertConfig(quantization_aware=True)
+  with pytest.raises(ValueError, match="quantization_export applies only"):
+    MobileBertConfig(hidden_act="relu6", quantization_export=True)
+  assert MobileBertConfig.from_preset("mobilebert-uncased-qat", quantization_aware=True)
+  config = MobileBertConfig(**TINY, quantization_aware=True)
+  # Recorded with a run (our config files), not in a transformers config.json.
+  assert MobileBertConfig.from_dict(config.to_dict(), source="hf") == config
+  assert "quantization_aware" not in config.to_hf_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning with --config.model.quantization_aware=true
+# ----------------------------------------------------------------------------------------------
+
+
+def test_qat_override_without_relu6_is_a_run_config_error():
+  """The CLI prints a `RunConfigError` as one line (no traceback)."""
+  from mobilebert_jax import tasks
+  from mobilebert_jax.cli import load_config_file, package_config
+  from mobilebert_jax.errors import RunConfigError
+  from mobilebert_jax.train import initialization
+
+  config = load_config_file(package_config("squad.py", "demo"))
+  config.model.quantization_aware = True
+  tokenizer = initialization.load_tokenizer(config.tokenizer.vocab_file, True)
+  with pytest.raises(RunConfigError, match="quantization_aware needs hidden_act='relu6'"):
+    initialization.initial_weights(config, tasks.get_task("squad"), tokenizer)
+
+
+def saved_ranges(workdir, step: int) -> dict:
+  """The `quant_ranges` collection of checkpoint `step`, as host arrays."""
+  state_dir = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
+  with ocp.PyTreeCheckpointer() as reader:
+    saved = reader.metadata(state_dir)
+    saved = getattr(saved, "item_metadata", saved)
+    saved = getattr(saved, "tree", saved)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {
+      "collections": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+        saved["collections"],
+      )
+    }
+    restored = reader.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      ),
+    )
+  return jax.tree.map(np.asarray, restored["collections"])
+
+
+@pytest.mark.slow
+def test_qat_fine_tuning_checkpoints_resumes_and_evaluates_with_its_ranges(tmp_path):
+  from mobilebert_jax.cli import load_config_file, package_config
+  from mobilebert_jax.demo import TRAIN_FILE, VOCAB_FILE
+
+  with open(TRAIN_FILE, encoding="utf-8") as f:
+    articles = json.load(f)["data"][:2]
+  train_file = tmp_path / "train.json"
+  train_file.write_text(json.dumps({"version": "1.1", "data": articles}))
+  config = load_config_file(package_config("squad.py", "size=tiny"))
+  config.tokenizer.vocab_file = VOCAB_FILE
+  config.data.update(train_file=str(train_file), eval_file=str(train_file), max_seq_length=48)
+  config.model.update(quantization_aware=True, hidden_act="relu6")
+  config.update(num_train_steps=4, checkpoint_every_steps=2, keep_checkpoints=5)
+
+  reference = tmp_path / "reference"
+  reference_metrics = trainer.train_and_evaluate(config, str(reference))
+  ranges_2, ranges_4 = saved_ranges(reference, 2), saved_ranges(reference, 4)
+  flat_2 = quantization.learned_ranges(ranges_2)
+  flat_4 = quantization.learned_ranges(ranges_4)
+  # Scanned blocks (size=tiny): per-layer ranges; every one moved by its EMA, 0 inside.
+  assert len(flat_4) == 84 and flat_2.keys() == flat_4.keys()
+  assert all(flat_2[k] != flat_4[k] for k in flat_4)
+  assert all(low <= 0.0 <= high for low, high in flat_4.values())
+
+  # Killed after step 2: the resumed run restores the ranges and ends on the same ones.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(reference, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "4")
+  os.remove(resumed / run_files.EVAL_METRICS_FILE)
+  resumed_metrics = trainer.train_and_evaluate(config, str(resumed))
+  jax.tree.map(np.testing.assert_array_equal, saved_ranges(resumed, 4), ranges_4)
+  assert resumed_metrics == reference_metrics
+
+  # Evaluation (during and after training) applied the model with the state's ranges, frozen:
+  # without them the QAT model cannot run at all (Flax: ScopeCollectionNotFound).
+  assert set(reference_metrics) >= {"exact_match", "f1"}
+  model = MobileBertForQuestionAnswering(config_of(reference))
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = model.init(jax.random.key(0), ids)["params"]
+  with pytest.raises(Exception, match="quant_ranges"):
+    model.apply({"params": params}, ids)
+
+
+def config_of(workdir) -> MobileBertConfig:
+  with open(os.path.join(workdir, run_files.MODEL_CONFIG_FILE)) as f:
+    config = MobileBertConfig.from_dict(json.load(f), source="hf")
+  assert config.quantization_aware  # recorded with the run
+  return config
