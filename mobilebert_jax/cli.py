@@ -370,3 +370,57 @@ def _fail(prog: str, message: str, usage_hint: bool = True) -> None:
   hint = "Pass --help for usage.\n" if usage_hint else ""
   sys.stderr.write(f"{prog}: {message}\n{hint}")
   sys.exit(1)
+
+
+class TrainingCommand:
+  """The two entry points of a training command line (fine-tuning, pretraining, distillation).
+
+  `main(argv)` runs it in-process (tests, notebooks) and returns what `execute` returns; the
+  process's compilation-cache settings are kept unless `--compilation_cache_dir` is given.
+  `run()` is the console script: `--help`, one-line user errors (`run`), the compilation cache
+  on by default, and the libraries' routine log lines kept quiet.
+
+  Args:
+    prog: the program name used in messages.
+    doc: the `--help` text (the module docstring).
+    define_flags: the command's own flags.
+    parse_flags: `argv -> parsed flags`, raising UsageError for a bad command line.
+    execute: `parsed -> result`, the run itself.
+    config_help: help text of `--config`.
+  """
+
+  def __init__(
+    self,
+    prog: str,
+    doc: str,
+    define_flags: DefineFlags,
+    parse_flags: Callable[[Sequence[str]], flags.FlagValues],
+    execute: Callable[[flags.FlagValues], Any],
+    *,
+    config_help: str,
+  ):
+    self._prog, self._doc, self._config_help = prog, doc, config_help
+    self._define_flags, self._parse_flags, self._execute = define_flags, parse_flags, execute
+
+  def main(self, argv: Sequence[str]) -> Any:
+    """In-process entry point: `main([PROG, "--workdir=/tmp/x", ...])`."""
+    parsed = self._parse_flags(argv)
+    configure_compilation_cache(parsed, use_default=False)
+    return self._execute(parsed)
+
+  def run(self) -> None:
+    """The console script."""
+    run(
+      self._prog,
+      self._doc,
+      self._define_flags,
+      self._parse_flags,
+      self._execute_quietly,
+      config_help=self._config_help,
+    )
+
+  def _execute_quietly(self, parsed: flags.FlagValues) -> None:
+    from mobilebert_jax.train import summaries  # JAX-free until a command runs
+
+    with summaries.quiet_library_logs():
+      self._execute(parsed)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from mobilebert_jax import cli
-from mobilebert_jax.train import distributed, summaries
+from mobilebert_jax.train import distributed
 
 _PROG = "mobilebert-distill"
 _CONFIG_HELP = "Distillation config file[:variant]; default configs/distill.py (the paper's)."
@@ -94,24 +94,12 @@ def distill(parsed: flags.FlagValues) -> dict[str, float]:
   return distillation.train_and_evaluate(config, parsed.workdir)
 
 
-def main(argv: Sequence[str]) -> dict[str, float]:
-  """In-process entry point: `main(["distill", "--workdir=/tmp/x", "--teacher=...", ...])`.
-
-  The process's compilation cache settings are kept unless `--compilation_cache_dir` is given.
-  """
-  parsed = parse_flags(argv)
-  cli.configure_compilation_cache(parsed, use_default=False)
-  return distill(parsed)
-
-
-def _main(parsed: flags.FlagValues) -> None:
-  with summaries.quiet_library_logs():
-    distill(parsed)
-
-
-def run() -> None:
-  """The `mobilebert-distill` console script."""
-  cli.run(_PROG, __doc__, _define_flags, parse_flags, _main, config_help=_CONFIG_HELP)
+_COMMAND = cli.TrainingCommand(
+  _PROG, __doc__, _define_flags, parse_flags, distill, config_help=_CONFIG_HELP
+)
+# `main(argv)`: in-process entry point; `run()`: the `mobilebert-distill` console script.
+main = _COMMAND.main
+run = _COMMAND.run
 
 
 if __name__ == "__main__":

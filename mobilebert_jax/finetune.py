@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from mobilebert_jax import cli, tasks
-from mobilebert_jax.train import distributed, summaries
+from mobilebert_jax.train import distributed
 
 # Config file of each task family, and the variant a task adds to it.
 _FAMILY_FILES = {
@@ -142,24 +142,12 @@ def finetune(parsed: flags.FlagValues) -> dict[str, float]:
   return finetuning.train_and_evaluate(config, parsed.workdir)
 
 
-def main(argv: Sequence[str]) -> dict[str, float]:
-  """In-process entry point: `main(["finetune", "--task=squad", "--workdir=/tmp/x"])`.
-
-  The process's compilation cache settings are kept unless `--compilation_cache_dir` is given.
-  """
-  parsed = parse_flags(argv)
-  cli.configure_compilation_cache(parsed, use_default=False)
-  return finetune(parsed)
-
-
-def _main(parsed: flags.FlagValues) -> None:
-  with summaries.quiet_library_logs():
-    finetune(parsed)
-
-
-def run() -> None:
-  """The `mobilebert-finetune` console script."""
-  cli.run(_PROG, __doc__, _define_flags, parse_flags, _main, config_help=_CONFIG_HELP)
+_COMMAND = cli.TrainingCommand(
+  _PROG, __doc__, _define_flags, parse_flags, finetune, config_help=_CONFIG_HELP
+)
+# `main(argv)`: in-process entry point; `run()`: the `mobilebert-finetune` console script.
+main = _COMMAND.main
+run = _COMMAND.run
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from mobilebert_jax import cli
-from mobilebert_jax.train import distributed, summaries
+from mobilebert_jax.train import distributed
 
 _PROG = "mobilebert-pretrain"
 _CONFIG_HELP = "Pretraining config file[:variant]; default configs/pretrain.py (the teacher)."
@@ -87,24 +87,12 @@ def pretrain(parsed: flags.FlagValues) -> dict[str, float]:
   return pretraining.train_and_evaluate(config, parsed.workdir)
 
 
-def main(argv: Sequence[str]) -> dict[str, float]:
-  """In-process entry point: `main(["pretrain", "--workdir=/tmp/x", ...])`.
-
-  The process's compilation cache settings are kept unless `--compilation_cache_dir` is given.
-  """
-  parsed = parse_flags(argv)
-  cli.configure_compilation_cache(parsed, use_default=False)
-  return pretrain(parsed)
-
-
-def _main(parsed: flags.FlagValues) -> None:
-  with summaries.quiet_library_logs():
-    pretrain(parsed)
-
-
-def run() -> None:
-  """The `mobilebert-pretrain` console script."""
-  cli.run(_PROG, __doc__, _define_flags, parse_flags, _main, config_help=_CONFIG_HELP)
+_COMMAND = cli.TrainingCommand(
+  _PROG, __doc__, _define_flags, parse_flags, pretrain, config_help=_CONFIG_HELP
+)
+# `main(argv)`: in-process entry point; `run()`: the `mobilebert-pretrain` console script.
+main = _COMMAND.main
+run = _COMMAND.run
 
 
 if __name__ == "__main__":
