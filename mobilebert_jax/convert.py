@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.models import MODEL_CLASSES
+from mobilebert_jax.train.summaries import loggers_at_level
 from mobilebert_jax.weights import load_pretrained, save_pretrained, tf_common
 
 PyTree = Any
@@ -202,21 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   # TensorFlow's C++ start-up chatter would bury the report (an explicit setting wins).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # The report is printed below; load_pretrained's own logging of it would repeat it.
-  logging.getLogger("mobilebert_jax.weights.loading").setLevel(logging.ERROR)
   try:
     config = read_config_argument(args.config) if args.config else None
     overrides = parse_overrides(args.overrides)
     if args.scan_layers:
       overrides["scan_layers"] = True
-    convert(
-      args.source,
-      args.destination,
-      to=args.to,
-      model_class=args.model_class,
-      config=config,
-      overrides=overrides,
-    )
+    # The report is printed below; load_pretrained's own logging of it would repeat it.
+    with loggers_at_level(("mobilebert_jax.weights.loading",)):
+      convert(
+        args.source,
+        args.destination,
+        to=args.to,
+        model_class=args.model_class,
+        config=config,
+        overrides=overrides,
+      )
   except (FileNotFoundError, FileExistsError, ValueError, ImportError, TypeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

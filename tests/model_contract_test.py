@@ -533,9 +533,11 @@ def test_outputs_without_the_new_arguments_are_unchanged():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_default_hook_is_lax_dot_general_bit_for_bit():
-  """The default is the very function Qwix intercepts, and Dense's formula is unchanged."""
-  assert layers.dense_dot_general(TINY) is jax.lax.dot_general
+def test_default_hook_computes_lax_dot_general_bit_for_bit():
+  """The default is `dense_product`, whose forward is one `jax.lax.dot_general` call (the function
+  Qwix intercepts, with its gradient laid out for the CPU matmul library), and Dense's formula is
+  unchanged."""
+  assert layers.dense_dot_general(TINY) is layers.dense_product
   rng = np.random.default_rng(0)
   for dtype in ("float32", "bfloat16"):
     config = TINY.replace(dtype=dtype)

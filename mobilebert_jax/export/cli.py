@@ -93,26 +93,26 @@ def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns the exit status."""
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  # The importers' and Orbax's own chatter would bury the report.
-  for name in ("mobilebert_jax.weights.loading", "absl", "orbax"):
-    logging.getLogger(name).setLevel(logging.ERROR)
   from mobilebert_jax.export.api import export_model
   from mobilebert_jax.export.deps import ExportError
+  from mobilebert_jax.train.summaries import loggers_at_level
 
+  # The importers' and Orbax's own chatter would bury the report.
   try:
-    result = export_model(
-      args.source,
-      args.out_dir,
-      format=args.format,
-      quantize=args.quantize,
-      seq_len=args.seq_len,
-      model_class=args.model_class,
-      calibration_steps=args.calibration_steps,
-      masked_attention_logit=args.masked_attention_logit,
-      evaluate=args.evaluate,
-      num_threads=args.num_threads,
-      step=args.step,
-    )
+    with loggers_at_level(("mobilebert_jax.weights.loading", "absl", "orbax")):
+      result = export_model(
+        args.source,
+        args.out_dir,
+        format=args.format,
+        quantize=args.quantize,
+        seq_len=args.seq_len,
+        model_class=args.model_class,
+        calibration_steps=args.calibration_steps,
+        masked_attention_logit=args.masked_attention_logit,
+        evaluate=args.evaluate,
+        num_threads=args.num_threads,
+        step=args.step,
+      )
   except (ExportError, FileNotFoundError, ImportError, ValueError) as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1

@@ -161,6 +161,24 @@ class _LibraryLogFilter(logging.Filter):
 
 
 @contextlib.contextmanager
+def loggers_at_level(names: Sequence[str], level: int = logging.ERROR) -> Iterator[None]:
+  """Sets the loggers `names` to `level` while it runs, then restores their own levels.
+
+  For a command whose report would repeat what a library logs (`convert`, `export`); restoring
+  matters when the command runs in-process (tests, notebooks), whose later logs it must not
+  silence.
+  """
+  saved = {name: logging.getLogger(name).level for name in names}
+  for name in names:
+    logging.getLogger(name).setLevel(level)
+  try:
+    yield
+  finally:
+    for name, old in saved.items():
+      logging.getLogger(name).setLevel(old)
+
+
+@contextlib.contextmanager
 def quiet_library_logs(
   libraries: Sequence[str] = ("orbax",), level: int = logging.WARNING
 ) -> Iterator[None]:
