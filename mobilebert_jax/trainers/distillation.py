@@ -68,7 +68,7 @@ PHASE1_DIR = "phase1"
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-  """One of the two runs.
+  """One run of a distillation: phase 1, phase 2, or one stage of the TF2 form.
 
   Attributes:
     spec: what it trains (its name is recorded in its checkpoints).
@@ -128,7 +128,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   teacher_params = sharding.put_tree(teacher_params, teacher_shardings)
   student_config = _student_config(config, tokenizer, teacher_config)
   student_model = MobileBertForPreTraining(student_config)
-  pretraining._check_lengths(config, student_config)
+  pretraining.check_lengths(config, student_config)
   settings = transfer_settings(config, student_config, teacher_config)
 
   def first_student_params() -> PyTree:
@@ -273,7 +273,7 @@ def distillation_phase(
     mlm_denominator_eps=config.loss.mlm_denominator_eps,
     transfer=settings if d.strategy == "auxiliary" else None,
   )
-  total = pretraining._total_steps(config)
+  total = pretraining.run_length(config)
   try:
     optimizer = optim.build_optimizer(**config.optimizer.to_dict(), total_steps=max(total, 1))
   except ValueError as e:
@@ -309,7 +309,7 @@ def tf2_phases(
   num_layers = settings.num_layers
   rate = config.transfer_optimizer.learning_rate
   period = config.distill.steps_per_stage
-  pd_steps = pretraining._total_steps(config)
+  pd_steps = pretraining.run_length(config)
   opt = config.optimizer
   warmup = opt.warmup_steps
   if warmup is None:

@@ -109,7 +109,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   # Tokenizer and data
   # ------------------------------------------------------------------------------------------
   tokenizer = setup.run_tokenizer(config, workdir)
-  total_steps = _total_steps(config)
+  total_steps = run_length(config)
   train_batches = train_batch_schedule(config, tokenizer, total_steps)
   eval_sets = eval_features(config, tokenizer)
 
@@ -123,7 +123,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   # ------------------------------------------------------------------------------------------
   initial = setup.first_weights(config, initialization.PRETRAINING, tokenizer, resume)
   model_config = initial.model_config
-  _check_lengths(config, model_config)
+  check_lengths(config, model_config)
   model = MobileBertForPreTraining(model_config)
 
   # ------------------------------------------------------------------------------------------
@@ -431,7 +431,8 @@ def phase1_steps(config: ConfigDict, total_steps: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _total_steps(config: ConfigDict) -> int:
+def run_length(config: ConfigDict) -> int:
+  """`num_train_steps`, checked: a pretraining run counts updates, not epochs."""
   steps_ = config.num_train_steps
   if steps_ is None or steps_ < 0:
     raise RunConfigError(f"--config.num_train_steps must be a number >= 0, got {steps_}")
@@ -560,7 +561,8 @@ def _batch_counts(model_config: MobileBertConfig) -> Callable[[PyTree], dict[str
   return counts
 
 
-def _check_lengths(config: ConfigDict, model_config: MobileBertConfig) -> None:
+def check_lengths(config: ConfigDict, model_config: MobileBertConfig) -> None:
+  """Raises RunConfigError for a sequence length beyond the model's position table."""
   for field in ("max_seq_length", "phase2_seq_length"):
     length = config.data[field]
     if length and length > model_config.max_position_embeddings:
