@@ -46,6 +46,11 @@ def main() -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--scale", choices=("demo", "smoke"), default="demo")
+  parser.add_argument(
+    "--report_only",
+    action="store_true",
+    help="summarise and plot the finished seeds in --workdir without running anything",
+  )
   args = parser.parse_args()
   sizes = distill_demo.DEMO_SIZES if args.scale == "demo" else distill_demo.SMOKE_SIZES
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -55,9 +60,12 @@ def main() -> None:
   per_seed, seconds = {}, {}
   for seed in seeds:
     seed_dir = os.path.join(args.workdir, f"seed{seed}")
-    per_seed[seed] = distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher)
+    if not args.report_only:
+      distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher)
     with open(os.path.join(seed_dir, distill_demo.RESULTS_FILE)) as f:
-      seconds[seed] = json.load(f)["seconds"]
+      finished = json.load(f)
+    per_seed[seed] = {k: finished[k] for k in ("teacher", *distill_demo.ARMS)}
+    seconds[seed] = finished["seconds"]
 
   summary = {}
   for name in ("teacher", *distill_demo.ARMS):
