@@ -559,6 +559,8 @@ def load_teacher(config: ConfigDict, tokenizer: Any) -> tuple[MobileBertConfig, 
   )
   try:
     weights = initialization.initial_weights(teacher_run, initialization.PRETRAINING, tokenizer)
+  except FileNotFoundError as e:  # the flag the user typed, first
+    raise FileNotFoundError(f"--teacher: {e}") from None
   except ValueError as e:
     raise RunConfigError(f"--teacher={source}: {e}") from None
   model_config = weights.model_config
