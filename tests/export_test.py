@@ -172,6 +172,51 @@ def test_quantized_tflite_runs_and_is_reported(qa_source, quantize, tmp_path):
     assert report["masked_attention_logit"] is None
 
 
+def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path):
+  """A QAT model's full-integer export runs in the export form without being asked to."""
+  from mobilebert_jax.model import quantization
+
+  config = TINY.replace(quantization_aware=True, hidden_act="relu6")
+  module = MobileBertForQuestionAnswering(config)
+  signature = signature_for(module)
+  calibration = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size, rows=10, seed=3)
+  ids, mask, segments = (jnp.asarray(v) for v in calibration.values())
+  params = random_variables(module, seed=4)["params"]
+  # Ranges as a short QAT run leaves them: a few EMA steps from [-6, 6] towards the batches'.
+  ranges = module.init(jax.random.key(0), ids, mask, segments)[quantization.RANGES]
+  for _ in range(3):
+    _, updated = module.apply(
+      {"params": params, quantization.RANGES: ranges}, ids, mask, segments, mutable=True
+    )
+    ranges = updated[quantization.RANGES]
+  source = ExportSource(
+    module, {"params": params, quantization.RANGES: ranges}, config, "tiny QAT", "weights"
+  )
+  samples = [{k: v[i : i + 1] for k, v in calibration.items()} for i in range(10)]
+  result = export_model(
+    source,
+    tmp_path,
+    format="tflite",
+    quantize="int8",
+    seq_len=SEQ_LEN,
+    representative_inputs=samples,
+  )
+  report = result.report
+  assert report["learned_ranges"] is True and report["integer_only"] is True
+  assert report["collections"] == [quantization.RANGES]
+
+  # The comparison ran against the export form (clips), which differs from the QAT model
+  # (rounding); the int8 file is close to the former.
+  export_form = MobileBertForQuestionAnswering(config.replace(quantization_export=True))
+  variables = {"params": params, quantization.RANGES: ranges}
+  clipped = export_form.apply(variables, ids, mask, segments)
+  rounded = module.apply(variables, ids, mask, segments)
+  assert not np.array_equal(np.asarray(clipped.start_logits), np.asarray(rounded.start_logits))
+  error = report["max_relative_error"]["max"]
+  print(f"QAT int8: max relative error {error:.3g} against the export form")
+  assert 0 < error < 0.5
+
+
 @pytest.fixture(scope="module")
 def hub_export(tmp_path_factory) -> tuple[ExportSource, str]:
   """A tiny encoder exported as a TF-Hub SavedModel (also a source `load_pretrained` reads)."""

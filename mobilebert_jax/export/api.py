@@ -155,9 +155,13 @@ def export_model(
     raise ExportError(str(e)) from e
   seq_len = _seq_len(resolved, seq_len)
   fill = _mask_fill(resolved, quantize, masked_attention_logit)
-  exported = resolved
+  changes: dict[str, Any] = {}
   if fill != resolved.config.masked_attention_logit:
-    exported = resolved.with_config(masked_attention_logit=fill)
+    changes["masked_attention_logit"] = fill
+  learned_ranges = _uses_learned_ranges(resolved, quantize)
+  if learned_ranges and not resolved.config.quantization_export:
+    changes["quantization_export"] = True
+  exported = resolved.with_config(**changes) if changes else resolved
   signature = signature_for(exported.module, num_choices)
   os.makedirs(out_dir, exist_ok=True)
 
@@ -203,6 +207,7 @@ def export_model(
   }
   if format == "tflite" and quantize == "int8":
     contents["integer_only"] = integer_only
+    contents["learned_ranges"] = learned_ranges
     # The examples actually used: a task with fewer training features than asked uses all.
     contents["calibration_steps"] = calibrated
     contents["calibration_data"] = (
@@ -279,6 +284,17 @@ def _seq_len(source: ExportSource, seq_len: int | None) -> int:
       f"(max_position_embeddings={limit})"
     )
   return seq_len
+
+
+def _uses_learned_ranges(source: ExportSource, quantize: str) -> bool:
+  """Whether a full-integer export takes its activation ranges from quantization-aware training.
+
+  A QAT model's fake quantizations round to ranges the converter cannot read; in the export form
+  (`quantization_export`) each becomes a clip to its learned range, so that calibration finds
+  at most those ranges (docs/quantization.md). Float and dynamic-range exports keep the model as
+  it was trained, fake quantization included, so they match the JAX QAT model's outputs.
+  """
+  return quantize == "int8" and source.config.quantization_aware
 
 
 def _mask_fill(source: ExportSource, quantize: str, value: float | str | None) -> float | None:

@@ -3,7 +3,8 @@
 Written next to every export so that a number quoted from it (a file size, an error, a dev
 score) always comes with the settings that produced it. Fields:
 
-* `format`, `quantization` (and `integer_only` for int8), `file`, `file_size_bytes`;
+* `format`, `quantization` (and, for int8, `integer_only` and `learned_ranges`: whether the
+  activation ranges came from quantization-aware training), `file`, `file_size_bytes`;
 * `source`, `source_kind`, `model_class`, `step`, `collections` (variable collections besides
   `params` applied in the graph, e.g. learned activation ranges);
 * `seq_len`, `batch` (1 for TFLite, "symbolic" otherwise), `inputs` (name -> shape, dtype),
