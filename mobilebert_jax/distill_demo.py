@@ -321,7 +321,12 @@ def distill_config(
 
 
 def run_demo(
-  workdir: str, sizes: DemoSizes = DEMO_SIZES, *, seed: int = 0, teacher: str | None = None
+  workdir: str,
+  sizes: DemoSizes = DEMO_SIZES,
+  *,
+  seed: int = 0,
+  teacher: str | None = None,
+  teacher_seed: int | None = None,
 ) -> dict[str, float]:
   """Runs the whole demonstration into `workdir`; returns the held-out MLM accuracies.
 
@@ -330,9 +335,12 @@ def run_demo(
   Args:
     workdir: where everything goes.
     sizes: the scale.
-    seed: the students' (and the teacher's) initialisation and batch order.
-    teacher: an existing teacher workdir of this demo's shape and vocabulary (for several
-      student seeds over one teacher); None trains one in `workdir/teacher`.
+    seed: the students' initialisation and batch order.
+    teacher: a teacher workdir of this demo's shape and vocabulary, trained there if it is not
+      finished (several student seeds can share one teacher); None: `workdir/teacher`.
+    teacher_seed: the teacher's initialisation and batch order (default: `seed`). A shared
+      teacher needs the same one in every call: its checkpoint resumes only the data stream it
+      was trained on.
   """
   # The trainers start JAX: import them only now (after the command line's distributed set-up).
   from mobilebert_jax.trainers import distillation, pretraining
@@ -357,7 +365,10 @@ def run_demo(
   teacher_dir = teacher or os.path.join(workdir, "teacher")
   timed(
     "teacher",
-    lambda: pretraining.train_and_evaluate(teacher_config(sizes, vocab, data, seed), teacher_dir),
+    lambda: pretraining.train_and_evaluate(
+      teacher_config(sizes, vocab, data, seed if teacher_seed is None else teacher_seed),
+      teacher_dir,
+    ),
   )
   timed(
     "scratch",

@@ -27,6 +27,8 @@ import matplotlib.pyplot as plt
 from mobilebert_jax import distill_demo
 
 TERMS = ("feature", "attention", "mean", "variance")
+# Every seed's students learn from this one teacher.
+TEACHER_SEED = 0
 
 
 def read_records(workdir: str, key: str) -> list[dict]:
@@ -61,7 +63,7 @@ def main() -> None:
   for seed in seeds:
     seed_dir = os.path.join(args.workdir, f"seed{seed}")
     if not args.report_only:
-      distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher)
+      distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher, teacher_seed=TEACHER_SEED)
     with open(os.path.join(seed_dir, distill_demo.RESULTS_FILE)) as f:
       finished = json.load(f)
     per_seed[seed] = {k: finished[k] for k in ("teacher", *distill_demo.ARMS)}
