@@ -73,6 +73,8 @@ class FineTuned:
     task: the canonical task name ("squad", "squad_v2", "glue/rte", ...).
     step: the training step of the restored checkpoint.
     run_config: the run's training config (sequence lengths, decoding settings, ...).
+    vocab_file: the file `tokenizer` was read from (a WordPiece vocab.txt or a SentencePiece
+      model).
   """
 
   module: nn.Module
@@ -82,6 +84,7 @@ class FineTuned:
   task: str
   step: int
   run_config: ml_collections.ConfigDict
+  vocab_file: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,10 +171,11 @@ def load_finetuned(
     params = checkpointing.load_params_from_checkpoint(
       root, abstract_params(module), step=metadata["step"]
     )
-  tokenizer = initialization.load_tokenizer(
-    _vocab_file(root, run_config), run_config.tokenizer.do_lower_case
+  vocab_file = _vocab_file(root, run_config)
+  tokenizer = initialization.load_tokenizer(vocab_file, run_config.tokenizer.do_lower_case)
+  return FineTuned(
+    module, params, tokenizer, model_config, task.name, metadata["step"], run_config, vocab_file
   )
-  return FineTuned(module, params, tokenizer, model_config, task.name, metadata["step"], run_config)
 
 
 def _not_a_workdir(path: str) -> str:

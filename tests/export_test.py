@@ -11,6 +11,7 @@ fine-tuning workdir trained here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -224,6 +225,26 @@ def hub_export(tmp_path_factory) -> tuple[ExportSource, str]:
   directory = str(tmp_path_factory.mktemp("hub_export") / "hub")
   export_model(source, directory, format="saved_model", seq_len=SEQ_LEN, evaluate=False)
   return source, directory
+
+
+def test_saved_model_carries_the_vocabulary_as_tf_hub_does(tmp_path):
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("".join(f"token{i}\n" for i in range(TINY.vocab_size)))
+  source = dataclasses.replace(
+    tiny_source(MobileBertModel, seed=1), vocab_file=str(vocab), do_lower_case=True
+  )
+  directory = tmp_path / "hub"
+  export_model(source, directory, format="saved_model", seq_len=SEQ_LEN, evaluate=False)
+  hub = tf.saved_model.load(str(directory))
+  asset = hub.vocab_file.asset_path.numpy().decode()
+  assert asset == str(directory / "assets" / "vocab.txt")
+  assert pathlib.Path(asset).read_text() == vocab.read_text()
+  assert bool(hub.do_lower_case.numpy()) is True
+  assert all("do_lower_case" not in v.name for v in hub.variables)
+  # Our importer reads the flag as a note and the weights as before.
+  _, _, report = load_pretrained(str(directory), MobileBertModel, return_report=True)
+  assert not report.unused and not report.initialized
+  assert any("do_lower_case is True" in note for note in report.notes)
 
 
 @pytest.mark.slow  # TF compiles the gradient of the embedded StableHLO

@@ -27,7 +27,7 @@ experiments/2026-12-06_int8_accuracy/ lists the extra QAT runs it measured):
   python experiments/benchmarks/int8_accuracy.py --root /tmp/int8 --tasks squad,glue \
     --output /tmp/int8.json
   python experiments/benchmarks/int8_accuracy.py --root /tmp/int8 --tasks "" \
-    --extra_qat squad_qat_ft600=squad:/tmp/int8/squad_qat_ft600 --output /tmp/extra.json
+    --extra squad_qat_ft600=squad:/tmp/int8/squad_qat_ft600 --output /tmp/extra.json
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--qat_learning_rate", type=float, default=2e-4)
   parser.add_argument("--calibration_steps", type=int, default=100)
   parser.add_argument(
-    "--extra_qat",
+    "--extra",
     default="",
-    help="more finished QAT workdirs to export, NAME=TASK:WORKDIR comma-separated",
+    help="more finished workdirs (QAT or float) to export, NAME=TASK:WORKDIR comma-separated",
   )
   parser.add_argument("--output", default=None, help="also write the results as JSON here")
   return parser.parse_args()
@@ -246,9 +246,8 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
     "ptq_int8_fill_-120": dict(source=float_dir, quantize="int8", masked_attention_logit=-120.0),
   }
   qat_source = export.resolve_source(qat_dir)
-  rows["qat_int8_learned_ranges"] = dict(
-    source=qat_source.with_config(quantization_export=True), quantize="int8"
-  )
+  # The exporter applies a QAT model's learned ranges to a full-integer export by itself.
+  rows["qat_int8_learned_ranges"] = dict(source=qat_source, quantize="int8")
   rows["qat_int8_without_ranges"] = dict(
     source=qat_source.with_config(quantization_aware=False), quantize="int8"
   )
@@ -258,25 +257,40 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
     print(f"[{task}] {name}: {result[name]['exported']}", flush=True)
   result["range_recovery"] = range_recovery(qat_dir, result["qat_int8_learned_ranges"]["path"])
   if "jax_qat_from_scratch_trainer_eval" in result:
-    scratch = export.resolve_source(scratch_dir).with_config(quantization_export=True)
     result["qat_scratch_int8_learned_ranges"] = export_metric(
-      scratch, os.path.join(out, "qat_scratch_int8"), args, quantize="int8"
+      scratch_dir, os.path.join(out, "qat_scratch_int8"), args, quantize="int8"
     )
   return result
 
 
-def run_extra_qat(item: str, args: argparse.Namespace) -> dict:
-  """`NAME=TASK:WORKDIR`: a finished QAT run's own eval and its int8 export with its ranges."""
+def run_extra(item: str, args: argparse.Namespace) -> dict:
+  """`NAME=TASK:WORKDIR`: a finished run's own eval and its exports.
+
+  A QAT run: its full-integer export (which applies the learned ranges by itself). A float run
+  (e.g. a control trained as long as a QAT run): TFLite float, dynamic-range and PTQ int8 with
+  the -6 mask fill.
+  """
   from mobilebert_jax import export
 
   name, spec = item.split("=", 1)
   task, workdir = spec.split(":", 1)
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
-    result = {"task": task, "jax_qat_trainer_eval": json.load(f)}
-  source = export.resolve_source(workdir).with_config(quantization_export=True)
-  out_dir = os.path.join(args.root, "exports", task, name)
-  result["qat_int8_learned_ranges"] = export_metric(source, out_dir, args, quantize="int8")
-  result["range_recovery"] = range_recovery(workdir, result["qat_int8_learned_ranges"]["path"])
+    result = {"task": task, "jax_trainer_eval": json.load(f)}
+  source = export.resolve_source(workdir)
+  out = os.path.join(args.root, "exports", task, name)
+  if source.config.quantization_aware:
+    rows = {"qat_int8_learned_ranges": dict(quantize="int8")}
+  else:
+    rows = {
+      "tflite_float": dict(quantize="none"),
+      "dynamic_range": dict(quantize="dynamic"),
+      "ptq_int8_fill_-6": dict(quantize="int8", masked_attention_logit=-6.0),
+    }
+  for row, kwargs in rows.items():
+    result[row] = export_metric(source, os.path.join(out, row), args, **kwargs)
+    print(f"[{name}] {row}: {result[row]['exported']}", flush=True)
+  if source.config.quantization_aware:
+    result["range_recovery"] = range_recovery(workdir, result["qat_int8_learned_ranges"]["path"])
   return result
 
 
@@ -289,8 +303,8 @@ def main() -> None:
     if args.output:
       with open(args.output, "w") as f:
         json.dump(results, f, indent=2, default=str)
-  for item in filter(None, args.extra_qat.split(",")):
-    results.setdefault("extra_qat", {})[item.split("=")[0]] = run_extra_qat(item, args)
+  for item in filter(None, args.extra.split(",")):
+    results.setdefault("extra", {})[item.split("=")[0]] = run_extra(item, args)
     if args.output:
       with open(args.output, "w") as f:
         json.dump(results, f, indent=2, default=str)

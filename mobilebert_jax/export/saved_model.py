@@ -15,7 +15,9 @@ architecture goes beside them as `config.json`, where the importer looks for it.
 The root object follows TF-Hub's reusable SavedModel interface: `__call__` (a dict of inputs
 in, a dict of outputs out; the encoder's `encoder_outputs` is a list as in TF-Hub),
 `variables`, `trainable_variables`, `regularization_losses`, and the `serving_default`
-signature with the names of `signatures`.
+signature with the names of `signatures`; where the source has a vocabulary (a workdir, a
+weights directory), `vocab_file` (an asset under `assets/`) and `do_lower_case`, as TF-Hub's
+BERT encoders carry them for their preprocessing.
 """
 
 from __future__ import annotations
@@ -124,6 +126,12 @@ def build_module(
   root.variables = list(tf_variables.values())
   root.trainable_variables = [v for v in root.variables if v.trainable]
   root.regularization_losses = []
+  if source.vocab_file is not None:
+    # TF-Hub's text encoders carry their tokenizer's files: `vocab_file` as an asset (copied
+    # into assets/) and `do_lower_case` as a variable outside `variables`.
+    root.vocab_file = tf.saved_model.Asset(source.vocab_file)
+  if source.do_lower_case is not None:
+    root.do_lower_case = tf.Variable(source.do_lower_case, trainable=False, name="do_lower_case")
   return root
 
 

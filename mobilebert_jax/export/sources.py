@@ -61,6 +61,9 @@ class ExportSource:
     run_config: the run's training config of a workdir (None otherwise).
     tokenizer: the run's tokenizer of a workdir (None otherwise).
     step: the checkpoint's step (None for weights).
+    vocab_file: the vocabulary to ship with a SavedModel (a workdir's; a weights directory's
+      vocab.txt), or None.
+    do_lower_case: the tokenizer's casing where the source records it, else None.
   """
 
   module: nn.Module
@@ -72,6 +75,8 @@ class ExportSource:
   run_config: ml_collections.ConfigDict | None = None
   tokenizer: Any = None
   step: int | None = None
+  vocab_file: str | None = None
+  do_lower_case: bool | None = None
 
   @property
   def model_class(self) -> str:
@@ -146,6 +151,8 @@ def _from_workdir(path: str, step: int, root: str) -> ExportSource:
       run_config=finetuned.run_config,
       tokenizer=finetuned.tokenizer,
       step=step,
+      vocab_file=finetuned.vocab_file,
+      do_lower_case=bool(finetuned.run_config.tokenizer.do_lower_case),
     )
   )
 
@@ -194,6 +201,7 @@ def _from_weights(path: str, model_class: str) -> ExportSource:
       config=module.config,
       description=f"{report.source} ({report.format})",
       kind="weights",
+      vocab_file=_local_vocab(path),
     )
   )
 
@@ -201,6 +209,15 @@ def _from_weights(path: str, model_class: str) -> ExportSource:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _local_vocab(path: str) -> str | None:
+  """A vocabulary lying in a local weights directory (as HF and TF-Hub directories keep it)."""
+  for folder in (path, os.path.join(path, "assets")):
+    for name in initialization.VOCAB_NAMES:
+      if os.path.isfile(os.path.join(folder, name)):
+        return os.path.join(folder, name)
+  return None
 
 
 def _metadata(root: str, step: int | None) -> dict[str, Any]:

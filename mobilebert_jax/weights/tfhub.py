@@ -66,6 +66,9 @@ class TfHubSource:
     ignored: list[str] = []
     notes = list(self._config_notes)
     flag = getattr(loaded, "do_lower_case", None)
+    if flag is not None:
+      # TF-Hub's encoders keep it among their variables, our exports beside them.
+      notes.append(f"The SavedModel's tokenizer flag do_lower_case is {bool(flag.numpy())}.")
     seen: set[int] = set()
     for owner in (loaded, getattr(loaded, "mlm", None)):
       for variable in getattr(owner, "variables", ()) if owner is not None else ():
@@ -74,7 +77,6 @@ class TfHubSource:
         seen.add(id(variable))
         if variable is flag:
           ignored.append(variable.name)
-          notes.append(f"The SavedModel's tokenizer flag do_lower_case is {bool(flag.numpy())}.")
           continue
         key = tf2_names.canonical_variable_name(variable.name)
         if key in variables:
