@@ -204,6 +204,49 @@ def test_quantization_aware_model_quantizes_and_stays_close_to_float():
   assert rounded and all(":f32[] = floor" in line for line in rounded)
 
 
+def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
+  """`quantization_points="tflite"`: every Dense output gets a range; probabilities are k/256."""
+  ids, mask = inputs()
+  original = tiny_model(quantization_aware=True)
+  tflite = tiny_model(quantization_aware=True, quantization_points="tflite")
+  variables = tflite.init(jax.random.key(0), ids, mask)
+  params = jax.tree.map(lambda x: 10.0 * x if x.ndim >= 2 else x, variables["params"])
+  variables = {**variables, "params": params}
+  ranges = quantization.learned_ranges(variables)
+  original_ranges = quantization.learned_ranges(original.init(jax.random.key(0), ids, mask))
+  added = sorted(set(ranges) - set(original_ranges))
+  # One output range per Dense: per block q, k, v, attention output, 2 bottlenecks, 2 FFNs x 2,
+  # bottleneck output, plus the embedding projection and the QA head.
+  assert set(original_ranges) < set(ranges)
+  assert len(added) == 2 * 11 + 2 and all(path.endswith("output_quant") for path in added)
+
+  out = tflite.apply(variables, ids, mask, output_attentions=True)
+  for probabilities in out.attentions:
+    grid = 256.0 * np.asarray(probabilities)
+    np.testing.assert_allclose(grid, np.round(grid), atol=2e-4)
+    assert grid.max() <= 255.0 + 2e-4
+  reference = original.apply(
+    {
+      "params": params,
+      quantization.RANGES: original.init(jax.random.key(0), ids, mask)[quantization.RANGES],
+    },
+    ids,
+    mask,
+    output_attentions=True,
+  )
+  assert not np.allclose(np.asarray(out.start_logits), np.asarray(reference.start_logits))
+
+  # The export form clips the outputs too, and rounds no activation.
+  export_model = tiny_model(
+    quantization_aware=True, quantization_points="tflite", quantization_export=True
+  )
+  jaxpr = str(jax.make_jaxpr(lambda v: export_model.apply(v, ids, mask))(variables))
+  rounded = [line for line in jaxpr.splitlines() if "= floor" in line]
+  assert rounded and all(":f32[] = floor" in line for line in rounded)
+  with pytest.raises(ValueError, match="quantization_points must be one of original, tflite"):
+    MobileBertConfig(**TINY, quantization_aware=True, quantization_points="all")
+
+
 def test_quantization_aware_needs_relu6_and_no_norm():
   with pytest.raises(ValueError, match="quantization_aware needs hidden_act='relu6'"):
     MobileBertConfig(quantization_aware=True)

@@ -31,6 +31,8 @@ ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh",
 NORMALIZATION_TYPES = ("no_norm", "layer_norm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
+# Which tensors quantization-aware training fake-quantizes (`MobileBertConfig.quantization_points`).
+QUANTIZATION_POINTS = ("original", "tflite")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,6 +102,11 @@ class MobileBertConfig:
     quantization_export: with `quantization_aware`, the form handed to a full-integer TFLite
       converter: every activation fake quantization becomes a clip to its learned range (the
       converter's calibration then finds at most those ranges) and kernels stay float.
+    quantization_points: with `quantization_aware`, which tensors are fake-quantized:
+      "original" (the original MobileBERT QAT, above) or "tflite", which adds the int8 tensors
+      a full-integer TFLite model computes and the original does not simulate: every `Dense`'s
+      output (bias added) with its own moving-average range, and the attention probabilities
+      on TFLite's fixed int8 softmax grid (steps of 1/256).
   """
 
   vocab_size: int = 30522
@@ -138,6 +145,7 @@ class MobileBertConfig:
   param_dtype: str = "float32"
   quantization_aware: bool = False
   quantization_export: bool = False
+  quantization_points: str = "original"
 
   # ------------------------------------------------------------------------------------------
   # Validation and derived sizes
@@ -218,6 +226,11 @@ class MobileBertConfig:
       )
     if self.quantization_export and not self.quantization_aware:
       problems.append("quantization_export applies only with quantization_aware=True")
+    if self.quantization_points not in QUANTIZATION_POINTS:
+      problems.append(
+        f"quantization_points must be one of {', '.join(QUANTIZATION_POINTS)}, got "
+        f"{self.quantization_points!r}"
+      )
     if problems:
       raise ValueError("Invalid MobileBertConfig: " + "; ".join(problems))
 
@@ -447,6 +460,7 @@ IMPLEMENTATION_FIELDS = frozenset(
     "param_dtype",
     "quantization_aware",
     "quantization_export",
+    "quantization_points",
   }
 )
 

@@ -221,6 +221,8 @@ class SelfAttention(nn.Module):
       # attention transfer needs: there the teacher's probability is 0 and 0 * -inf would be NaN.
       scores = jnp.where(mask, scores, fill)
     probs = jax.nn.softmax(scores, axis=-1)
+    if config.quantization_aware and config.quantization_points == "tflite":
+      probs = quantization.quantize_probabilities(probs, config.quantization_export)
     dropped = nn.Dropout(config.attention_probs_dropout_prob)(
       probs, deterministic=self.deterministic
     )

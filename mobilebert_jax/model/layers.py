@@ -273,6 +273,13 @@ class Dense(nn.Module):
         "bias", partitioned(nn.initializers.zeros_init(), bias_axes), features, param_dtype
       )
       y = y + bias.astype(compute)
+    if (
+      self.config.quantization_aware
+      and self.config.quantization_points == "tflite"
+      and self.dot_general is None
+    ):
+      # A full-integer TFLite model requantizes every fully connected output to int8.
+      y = quantization.ActivationQuantizer(self.config.quantization_export, name="output_quant")(y)
     return y
 
 

@@ -12,6 +12,11 @@ The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modelin
   (γ and β as activations, as the original), the raw attention scores, the masked scores twice
   (zeroed, then filled) before clipping them to [-6, 60], and the attention context.
 
+With `quantization_points="tflite"` (beyond the original) every `Dense` output is also
+fake-quantized on its own moving-average range and the attention probabilities on TFLite's
+fixed int8 softmax grid: the tensors a full-integer TFLite model computes in int8 that the
+original recipe leaves float (experiments/2026-12-06_int8_accuracy measured what they cost).
+
 Gradients are straight-through: 1 where the input lies inside the (nudged) range, 0 outside,
 exactly the gradient of TF's `FakeQuantWithMinMaxVars` with respect to its input; the ranges get
 no gradient (TF1's range variables were not trainable).
@@ -49,6 +54,8 @@ INIT_MIN = -6.0
 INIT_MAX = 6.0
 # The original clips the masked attention logits to this range before the softmax.
 ATTENTION_LOGIT_RANGE = (-6.0, 60.0)
+# TFLite's int8 softmax output: scale 1/256, zero point -128, so [0, 255/256].
+SOFTMAX_OUTPUT_MAX = 255.0 / 256.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +303,25 @@ class AttentionScoreQuantizer(nn.Module):
     )
     low, high = ATTENTION_LOGIT_RANGE
     return jnp.clip(scores, np.float32(low), np.float32(high))
+
+
+def quantize_probabilities(probs: Array, export: bool) -> Array:
+  """Attention probabilities on TFLite's int8 softmax grid (`quantization_points="tflite"`).
+
+  A full-integer TFLite softmax writes int8 with scale 1/256 and zero point -128, i.e. the
+  values k/256 for k = 0..255; the fake quantization rounds to exactly that grid. The export
+  form leaves the probabilities alone: the converter fixes that grid itself.
+
+  Args:
+    probs: [batch, heads, query, key] float32 probabilities.
+    export: the export form.
+
+  Returns:
+    The same shape and dtype.
+  """
+  if export:
+    return probs
+  return fake_quant(probs, np.float32(0.0), np.float32(SOFTMAX_OUTPUT_MAX))
 
 
 def quantize_context(context: Array, export: bool) -> Array:
