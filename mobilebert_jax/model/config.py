@@ -106,7 +106,8 @@ class MobileBertConfig:
       "original" (the original MobileBERT QAT, above) or "tflite", which adds the int8 tensors
       a full-integer TFLite model computes and the original does not simulate: every `Dense`'s
       output (bias added) with its own moving-average range, and the attention probabilities
-      on TFLite's fixed int8 softmax grid (steps of 1/256).
+      on TFLite's fixed int8 softmax grid (steps of 1/256; the returned attentions are then
+      those rounded probabilities, no longer exactly the softmax of the returned logits).
   """
 
   vocab_size: int = 30522
