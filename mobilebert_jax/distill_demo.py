@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import ml_collections
 from absl import logging
 
-from mobilebert_jax import cli
+from mobilebert_jax import atomic_files, cli
 from mobilebert_jax.data.pretraining import split_sentences
 from mobilebert_jax.tokenization.training import train_wordpiece_vocab
 
@@ -320,6 +320,28 @@ def distill_config(
   return config
 
 
+def demo_vocabulary(train_file: str, sizes: DemoSizes, data_dir: str, teacher_dir: str) -> str:
+  """The demo's WordPiece vocabulary: the one its runs already use, else a newly trained one.
+
+  The `tokenizers` WordPiece trainer breaks ties between equally frequent pieces in an order
+  that changes from process to process, so two trainings on the same text can give different
+  vocabularies. A resumed demo must keep the vocabulary its checkpoints were trained with, and
+  students must share their teacher's token ids: a vocabulary this workdir already wrote wins,
+  then the one a (shared) teacher run kept; only a fresh demo trains one.
+
+  Returns:
+    The path of `vocab.txt` in `data_dir`.
+  """
+  path = os.path.join(data_dir, "vocab.txt")
+  if os.path.exists(path):
+    return path
+  kept = os.path.join(teacher_dir, "vocab.txt")
+  if os.path.exists(kept):
+    atomic_files.copy_file(kept, path)
+    return path
+  return train_wordpiece_vocab(train_file, sizes.vocab_size, output_path=data_dir).path
+
+
 def run_demo(
   workdir: str,
   sizes: DemoSizes = DEMO_SIZES,
@@ -349,9 +371,8 @@ def run_demo(
   started = time.time()
   source, documents = english_documents(sizes.max_documents)
   data = write_corpus(documents, os.path.join(workdir, "data"))
-  vocab = train_wordpiece_vocab(
-    data[0], sizes.vocab_size, output_path=os.path.join(workdir, "data")
-  ).path
+  teacher_dir = teacher or os.path.join(workdir, "teacher")
+  vocab = demo_vocabulary(data[0], sizes, os.path.join(workdir, "data"), teacher_dir)
   logging.info("demo corpus: %d documents from %s; vocabulary %s", len(documents), source, vocab)
 
   timings, metrics = {}, {}
@@ -362,7 +383,6 @@ def run_demo(
     timings[name] = round(time.time() - start, 1)
     logging.info("demo %s: %s (%.0f s)", name, metrics[name], timings[name])
 
-  teacher_dir = teacher or os.path.join(workdir, "teacher")
   timed(
     "teacher",
     lambda: pretraining.train_and_evaluate(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -215,6 +216,30 @@ def test_the_demo_runs_every_arm(tmp_path):
   )
   assert not (tmp_path / "pretraining_distillation" / "phase1").exists()
   assert saved_steps(tmp_path / "scratch")[-1] == sizes.student_steps
+
+
+def test_the_demo_keeps_one_vocabulary(tmp_path):
+  """A resumed demo and students of a shared teacher read the vocabulary already written."""
+  text = tmp_path / "train.txt"
+  text.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+  sizes = distill_demo.SMOKE_SIZES
+  data, teacher = tmp_path / "data", tmp_path / "teacher"
+  data.mkdir()
+  teacher.mkdir()
+
+  trained = distill_demo.demo_vocabulary(str(text), sizes, str(data), str(teacher))
+  assert trained == str(data / "vocab.txt") and "[MASK]" in (data / "vocab.txt").read_text()
+  # Once written it is reused, not retrained (retraining may reorder tied pieces).
+  (data / "vocab.txt").write_text("[PAD]\n[UNK]\nkept\n")
+  assert distill_demo.demo_vocabulary(str(text), sizes, str(data), str(teacher)) == trained
+  assert (data / "vocab.txt").read_text() == "[PAD]\n[UNK]\nkept\n"
+
+  # A fresh seed's workdir takes the shared teacher's kept vocabulary.
+  (teacher / "vocab.txt").write_text("[PAD]\n[UNK]\nteacher\n")
+  other = tmp_path / "seed1" / "data"
+  other.mkdir(parents=True)
+  path = distill_demo.demo_vocabulary(str(text), sizes, str(other), str(teacher))
+  assert pathlib.Path(path).read_text() == "[PAD]\n[UNK]\nteacher\n"
 
 
 def test_wikitext_cleaning():

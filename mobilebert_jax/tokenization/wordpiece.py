@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
+from mobilebert_jax import atomic_files
 from mobilebert_jax.tokenization import basic_tokenizer
 from mobilebert_jax.tokenization.basic_tokenizer import SENTINEL, BasicOptions, Word
 from mobilebert_jax.tokenization.encoding import Segment, TokenizerBase
@@ -72,7 +73,8 @@ def save_vocab(vocab: Mapping[str, int], path: PathLike) -> None:
   tokens = sorted(vocab, key=vocab.__getitem__)
   if [vocab[t] for t in tokens] != list(range(len(tokens))):
     raise ValueError("token ids must be 0..len(vocab)-1, each used once")
-  with open(os.fspath(path), "w", encoding="utf-8", newline="\n") as f:
+  # Atomically: a run killed while writing must not leave a truncated vocabulary to reuse.
+  with atomic_files.open_for_write(os.fspath(path), "w") as f:
     f.write("".join(f"{t}\n" for t in tokens))
 
 
