@@ -16,7 +16,8 @@ score) always comes with the settings that produced it. Fields:
   and `error_inputs` saying which inputs were compared;
 * for a fine-tuning workdir, `task_metric`: the task, its main metric, and the dev metrics of
   the exported model (`exported`), of the JAX model as trained (`jax`) and, when the export
-  changed the mask fill, of the JAX model with the exported config (`jax_export_config`);
+  changed the config (the mask fill, a QAT model's export form), of the JAX model with the
+  exported config (`jax_export_config`);
 * `versions` of the libraries involved and `export_seconds`.
 """
 
