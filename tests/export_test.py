@@ -39,7 +39,6 @@ from mobilebert_jax.export import (  # noqa: E402
 from mobilebert_jax.export.evaluation import relative_error, synthetic_inputs  # noqa: E402
 from mobilebert_jax.export.saved_model import variable_names  # noqa: E402
 from mobilebert_jax.export.signatures import signature_for  # noqa: E402
-from mobilebert_jax.model.config import MobileBertConfig  # noqa: E402
 from mobilebert_jax.model.encoder import MobileBertModel  # noqa: E402
 from mobilebert_jax.model.models import (  # noqa: E402
   MobileBertForQuestionAnswering,
@@ -51,19 +50,7 @@ pytestmark = [pytest.mark.tf, pytest.mark.usefixtures("fast_compiles")]
 
 TOLERANCE = 1e-5
 SEQ_LEN = 12
-# The house tiny config (docs/testing.md §tiny-config) with the pooler's dense layer.
-TINY = MobileBertConfig(
-  vocab_size=128,
-  embedding_size=16,
-  hidden_size=32,
-  intra_bottleneck_size=16,
-  num_hidden_layers=2,
-  num_attention_heads=2,
-  intermediate_size=24,
-  max_position_embeddings=16,
-  num_feedforward_networks=2,
-  classifier_activation=True,
-)
+from model_test import TINY  # noqa: E402  (the house tiny config, docs/testing.md)
 
 
 def random_variables(module, seed: int = 0) -> dict:

@@ -15,8 +15,8 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from model_test import TINY as HOUSE_TINY
 
 from mobilebert_jax.model import quantization
 from mobilebert_jax.model.config import MobileBertConfig
@@ -28,18 +28,8 @@ tf = pytest.importorskip("tensorflow")
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
-TINY = dict(
-  vocab_size=128,
-  embedding_size=16,
-  hidden_size=32,
-  intra_bottleneck_size=16,
-  num_hidden_layers=2,
-  num_attention_heads=2,
-  intermediate_size=24,
-  max_position_embeddings=16,
-  num_feedforward_networks=2,
-  hidden_act="relu6",
-)
+# The house tiny config (docs/testing.md §tiny-config) with ReLU6, as QAT needs.
+TINY = HOUSE_TINY.replace(hidden_act="relu6")
 # (min, max, narrow_range): symmetric, asymmetric, ranges without 0 (nudged), tiny, wide.
 RANGES = [
   (-6.0, 6.0, False),
@@ -157,7 +147,7 @@ def test_attention_logits_follow_the_original_and_are_clipped():
 
 
 def tiny_model(**changes) -> MobileBertForQuestionAnswering:
-  return MobileBertForQuestionAnswering(MobileBertConfig(**{**TINY, **changes}))
+  return MobileBertForQuestionAnswering(TINY.replace(**changes))
 
 
 def inputs():
@@ -244,7 +234,7 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
   rounded = [line for line in jaxpr.splitlines() if "= floor" in line]
   assert rounded and all(":f32[] = floor" in line for line in rounded)
   with pytest.raises(ValueError, match="quantization_points must be one of original, tflite"):
-    MobileBertConfig(**TINY, quantization_aware=True, quantization_points="all")
+    TINY.replace(quantization_aware=True, quantization_points="all")
 
 
 def test_quantization_aware_needs_relu6_and_no_norm():
@@ -253,7 +243,7 @@ def test_quantization_aware_needs_relu6_and_no_norm():
   with pytest.raises(ValueError, match="quantization_export applies only"):
     MobileBertConfig(hidden_act="relu6", quantization_export=True)
   assert MobileBertConfig.from_preset("mobilebert-uncased-qat", quantization_aware=True)
-  config = MobileBertConfig(**TINY, quantization_aware=True)
+  config = TINY.replace(quantization_aware=True)
   # Recorded with a run (our config files), not in a transformers config.json.
   assert MobileBertConfig.from_dict(config.to_dict(), source="hf") == config
   assert "quantization_aware" not in config.to_hf_dict()
@@ -280,27 +270,10 @@ def test_qat_override_without_relu6_is_a_run_config_error():
 
 def saved_ranges(workdir, step: int) -> dict:
   """The `quant_ranges` collection of checkpoint `step`, as host arrays."""
-  state_dir = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
-  with ocp.PyTreeCheckpointer() as reader:
-    saved = reader.metadata(state_dir)
-    saved = getattr(saved, "item_metadata", saved)
-    saved = getattr(saved, "tree", saved)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {
-      "collections": jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-        saved["collections"],
-      )
-    }
-    restored = reader.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(
-        item=target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True,
-      ),
-    )
-  return jax.tree.map(np.asarray, restored["collections"])
+  restored = checkpointing.load_collections_from_checkpoint(
+    os.path.join(workdir, "checkpoints"), step
+  )
+  return jax.tree.map(np.asarray, restored)
 
 
 @pytest.mark.slow

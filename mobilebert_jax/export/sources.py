@@ -32,7 +32,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mobilebert_jax import inference, tasks
 from mobilebert_jax.model.config import MobileBertConfig
@@ -231,29 +230,8 @@ def _metadata(root: str, step: int | None) -> dict[str, Any]:
 
 def _restore_collections(root: str, step: int) -> dict[str, PyTree]:
   """Every non-parameter collection saved with the train state (`TrainState.collections`)."""
-  state_dir = os.path.join(root, str(step), checkpointing.STATE_ITEM)
-  with summaries.quiet_library_logs(level=logging.ERROR), ocp.PyTreeCheckpointer() as reader:
-    saved = reader.metadata(state_dir)
-    saved = getattr(saved, "item_metadata", saved)
-    saved = getattr(saved, "tree", saved)
-    stored = saved.get("collections") if isinstance(saved, Mapping) else None
-    if not stored or not jax.tree.leaves(stored):
-      return {}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {
-      "collections": jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), stored
-      )
-    }
-    restored = reader.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(
-        item=target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True,
-      ),
-    )
-  return dict(restored["collections"])
+  with summaries.quiet_library_logs(level=logging.ERROR):
+    return checkpointing.load_collections_from_checkpoint(root, step)
 
 
 def _as_class(source: ExportSource, model_class: str | None) -> ExportSource:

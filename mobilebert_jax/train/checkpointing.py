@@ -800,6 +800,50 @@ def load_params_from_checkpoint(
     checkpointer.close()
 
 
+def load_collections_from_checkpoint(
+  path: str | os.PathLike[str], step: int | None = None
+) -> dict[str, PyTree]:
+  """Every non-parameter variable collection of a train-state checkpoint (`TrainState.collections`).
+
+  For example the learned activation ranges of quantization-aware training. The arrays come
+  back on the first local device, as saved.
+
+  Args:
+    path: a checkpoint root (the latest, or `step`, is used), one step directory, or its
+      `state` directory.
+    step: the step to read from a root directory (default: the latest).
+
+  Returns:
+    Collection name -> its tree; empty when the state saved none.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+  """
+  state_dir = _find_state_dir(epath.Path(os.fspath(path)).absolute(), step)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(state_dir)
+    saved = getattr(saved, "item_metadata", saved)
+    saved = getattr(saved, "tree", saved)
+    stored = saved.get("collections") if isinstance(saved, Mapping) else None
+    if not stored or not jax.tree.leaves(stored):
+      return {}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = {
+      "collections": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), stored
+      )
+    }
+    restored = checkpointer.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      ),
+    )
+  return dict(restored["collections"])
+
+
 def _abstract_or_local(tree: PyTree) -> PyTree:
   """ShapeDtypeStructs; leaves without a sharding go to the first local device."""
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
