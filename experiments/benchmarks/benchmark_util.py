@@ -189,6 +189,37 @@ def torch_state_dict_to_params(state_dict: dict[str, Any], config: Any, model_cl
   return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in params.items()})
 
 
+def released_models(model_class: str, attn_implementation: str = "sdpa") -> tuple[Any, PyTree, Any]:
+  """The released configuration in both frameworks with the same random weights.
+
+  transformers' initialiser (seed 0) draws the weights; `torch_state_dict_to_params` copies them
+  into ours.
+
+  Args:
+    model_class: e.g. "MobileBertForQuestionAnswering" (two labels where a head has labels).
+    attn_implementation: transformers' attention ("sdpa", its default, or "eager").
+
+  Returns:
+    (our `MobileBertConfig`, our unscanned float32 params, transformers' model in train mode).
+  """
+  import torch
+  import transformers
+
+  from mobilebert_jax.model.config import MobileBertConfig
+
+  config = MobileBertConfig.from_preset("mobilebert-uncased", num_labels=2)
+  hf_kwargs = {
+    k: v
+    for k, v in config.to_hf_dict().items()
+    if k not in ("model_type", "true_hidden_size", "label2id", "id2label")
+  }
+  torch.manual_seed(0)
+  peer = getattr(transformers, model_class)(
+    transformers.MobileBertConfig(**hf_kwargs, attn_implementation=attn_implementation)
+  )
+  return config, torch_state_dict_to_params(peer.state_dict(), config, model_class), peer
+
+
 def run_json_subprocess(
   command: list[str], *, cwd: str, env: dict[str, str] | None = None, timeout_s: float = 1800
 ) -> dict[str, Any]:

@@ -66,9 +66,7 @@ def main() -> None:
   import numpy as np
   import optax
   import torch
-  import transformers
 
-  from mobilebert_jax.model.config import MobileBertConfig
   from mobilebert_jax.model.models import MODEL_CLASSES
   from mobilebert_jax.train import losses
   from mobilebert_jax.weights import layout
@@ -79,17 +77,7 @@ def main() -> None:
   # ------------------------------------------------------------------------------------------
   # The two models, same weights
   # ------------------------------------------------------------------------------------------
-  config = MobileBertConfig.from_preset("mobilebert-uncased", num_labels=2)
-  hf_kwargs = {
-    k: v
-    for k, v in config.to_hf_dict().items()
-    if k not in ("model_type", "true_hidden_size", "label2id", "id2label")
-  }
-  torch.manual_seed(0)
-  peer = getattr(transformers, MODEL_CLASS)(
-    transformers.MobileBertConfig(**hf_kwargs, attn_implementation=args.peer_attention)
-  )
-  params = bu.torch_state_dict_to_params(peer.state_dict(), config, MODEL_CLASS)
+  config, params, peer = bu.released_models(MODEL_CLASS, args.peer_attention)
   if args.scan:
     config = config.replace(scan_layers=True)
     params = layout.stack_layers(params)

@@ -54,23 +54,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_models():
   """(our config, our params, transformers' model), the same random weights in both."""
-  import torch
-  import transformers
-
-  from mobilebert_jax.model.config import MobileBertConfig
-
-  config = MobileBertConfig.from_preset("mobilebert-uncased", num_labels=2)
-  hf_kwargs = {
-    k: v
-    for k, v in config.to_hf_dict().items()
-    if k not in ("model_type", "true_hidden_size", "label2id", "id2label")
-  }
-  torch.manual_seed(0)
-  peer = getattr(transformers, MODEL_CLASS)(
-    transformers.MobileBertConfig(**hf_kwargs, attn_implementation="sdpa")
-  ).eval()
-  params = bu.torch_state_dict_to_params(peer.state_dict(), config, MODEL_CLASS)
-  return config, params, peer
+  config, params, peer = bu.released_models(MODEL_CLASS)
+  return config, params, peer.eval()
 
 
 def inputs(config, length: int, seed: int = 0) -> dict:

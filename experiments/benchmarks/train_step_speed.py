@@ -190,10 +190,8 @@ def main() -> None:
   import jax.numpy as jnp
   import numpy as np
   import torch
-  import transformers
 
   from mobilebert_jax.model import layers
-  from mobilebert_jax.model.config import MobileBertConfig
   from mobilebert_jax.model.models import MODEL_CLASSES
   from mobilebert_jax.train import losses, optim, sharding, steps
   from mobilebert_jax.weights import layout
@@ -201,19 +199,8 @@ def main() -> None:
   bu.match_torch_threads(1)
   print(f"CPUs {cpus}; torch threads {torch.get_num_threads()}; load {bu.load_average()}")
 
-  config = MobileBertConfig.from_preset("mobilebert-uncased", num_labels=2)
-  hf_kwargs = {
-    k: v
-    for k, v in config.to_hf_dict().items()
-    if k not in ("model_type", "true_hidden_size", "label2id", "id2label")
-  }
-  torch.manual_seed(0)
-  peer = getattr(transformers, MODEL_CLASS)(
-    transformers.MobileBertConfig(**hf_kwargs, attn_implementation="sdpa")
-  )
-  params = layout.stack_layers(
-    bu.torch_state_dict_to_params(peer.state_dict(), config, MODEL_CLASS)
-  )
+  config, params, peer = bu.released_models(MODEL_CLASS)
+  params = layout.stack_layers(params)
   config = config.replace(scan_layers=True)
   model = MODEL_CLASSES[MODEL_CLASS](config)
   mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
