@@ -729,6 +729,27 @@ def _nest(source: str, value: Any) -> Any:
   return value
 
 
+def _saved_tree(checkpointer: ocp.PyTreeCheckpointer, state_dir: epath.Path) -> Any:
+  """The metadata tree of a saved train state (shapes and dtypes, no arrays)."""
+  saved = checkpointer.metadata(state_dir)
+  saved = getattr(saved, "item_metadata", saved)
+  return getattr(saved, "tree", saved)
+
+
+def _restore_part(
+  checkpointer: ocp.PyTreeCheckpointer, state_dir: epath.Path, item: PyTree
+) -> PyTree:
+  """Restores only the entries of the saved state that `item` names, as `item` lays them out."""
+  return checkpointer.restore(
+    state_dir,
+    args=ocp.args.PyTreeRestore(
+      item=item,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True,
+    ),
+  )
+
+
 def load_params_from_checkpoint(
   path: str | os.PathLike[str],
   abstract_params: Mapping[str, Any],
@@ -764,9 +785,7 @@ def load_params_from_checkpoint(
   state_dir = _find_state_dir(epath.Path(os.fspath(path)).absolute(), step)
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    saved = checkpointer.metadata(state_dir)
-    saved = getattr(saved, "item_metadata", saved)
-    saved = getattr(saved, "tree", saved)
+    saved = _saved_tree(checkpointer, state_dir)
     if not isinstance(saved, Mapping) or "params" not in saved:
       raise ValueError(f"{state_dir} is not a train-state checkpoint (no 'params')")
     saved_params = saved["params"]
@@ -783,14 +802,7 @@ def load_params_from_checkpoint(
       where = f"{state_dir} params/{source}"
       _compare_trees(_subtree(saved_params, source, where), target, where, allow_extra_saved=True)
       item = {"params": _nest(source, target)}
-      restored = checkpointer.restore(
-        state_dir,
-        args=ocp.args.PyTreeRestore(
-          item=item,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-          partial_restore=True,
-        ),
-      )
+      restored = _restore_part(checkpointer, state_dir, item)
       value = _subtree(restored["params"], source, where)
       if target_key is None:
         return value
@@ -821,9 +833,7 @@ def load_collections_from_checkpoint(
   """
   state_dir = _find_state_dir(epath.Path(os.fspath(path)).absolute(), step)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(state_dir)
-    saved = getattr(saved, "item_metadata", saved)
-    saved = getattr(saved, "tree", saved)
+    saved = _saved_tree(checkpointer, state_dir)
     stored = saved.get("collections") if isinstance(saved, Mapping) else None
     if not stored or not jax.tree.leaves(stored):
       return {}
@@ -833,14 +843,7 @@ def load_collections_from_checkpoint(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), stored
       )
     }
-    restored = checkpointer.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(
-        item=item,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True,
-      ),
-    )
+    restored = _restore_part(checkpointer, state_dir, item)
   return dict(restored["collections"])
 
 
