@@ -60,6 +60,37 @@ def default_compilation_cache_dir() -> str:
   return os.path.join(base, "mobilebert_jax", "jax_cache")
 
 
+def define_training_flags(
+  flag_values: flags.FlagValues, *, workdir_holds: str, init_from: bool = False
+) -> None:
+  """Defines `--workdir`, `--jax_distributed` and optionally `--init_from` for a training command.
+
+  Args:
+    flag_values: the command's flags.
+    workdir_holds: what the run writes to its workdir, for the help text.
+    init_from: also define `--init_from` (the initial weights of fine-tuning and pretraining).
+  """
+  from mobilebert_jax.train import distributed  # Commands that train import JAX anyway.
+
+  flags.DEFINE_string("workdir", None, f"Run directory ({workdir_holds}).", flag_values=flag_values)
+  if init_from:
+    flags.DEFINE_string(
+      "init_from",
+      None,
+      "Initial weights when the workdir has no checkpoint (overrides config.init_from): HF "
+      "dir or hub id, TF checkpoint, our workdir/Orbax checkpoint, or preset:NAME (from "
+      "scratch).",
+      flag_values=flag_values,
+    )
+  flags.DEFINE_bool(
+    "jax_distributed",
+    None,
+    "Call jax.distributed.initialize() first (multi-host); default: $"
+    + distributed.DISTRIBUTED_ENV,
+    flag_values=flag_values,
+  )
+
+
 def define_shared_flags(flag_values: flags.FlagValues) -> None:
   """Defines the flags every command has (`parse` adds them to the command's own)."""
   flags.DEFINE_string(

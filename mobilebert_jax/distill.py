@@ -39,9 +39,7 @@ def default_config() -> str:
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
-  flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, metrics).", flag_values=flag_values
-  )
+  cli.define_training_flags(flag_values, workdir_holds="checkpoints, metrics")
   flags.DEFINE_string(
     "teacher",
     None,
@@ -53,13 +51,6 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
     "demo",
     False,
     "Run the offline demonstration (teacher, three students) into --workdir instead.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_bool(
-    "jax_distributed",
-    None,
-    "Call jax.distributed.initialize() first (multi-host); default: $"
-    + distributed.DISTRIBUTED_ENV,
     flag_values=flag_values,
   )
 

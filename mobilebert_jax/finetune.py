@@ -78,25 +78,11 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string(
     "task", None, "Task to fine-tune; picks the default --config.", flag_values=flag_values
   )
-  flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, metrics, predictions).", flag_values=flag_values
-  )
-  flags.DEFINE_string(
-    "init_from",
-    None,
-    "Initial weights when the workdir has no checkpoint (overrides config.init_from): HF dir "
-    "or hub id, TF checkpoint, our workdir/Orbax checkpoint, or preset:NAME (from scratch).",
-    flag_values=flag_values,
+  cli.define_training_flags(
+    flag_values, workdir_holds="checkpoints, metrics, predictions", init_from=True
   )
   flags.DEFINE_bool(
     "demo", False, "Run the offline SQuAD demo (with --task=squad).", flag_values=flag_values
-  )
-  flags.DEFINE_bool(
-    "jax_distributed",
-    None,
-    "Call jax.distributed.initialize() first (multi-host); default: $"
-    + distributed.DISTRIBUTED_ENV,
-    flag_values=flag_values,
   )
 
 

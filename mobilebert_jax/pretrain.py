@@ -44,23 +44,7 @@ def default_config() -> str:
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
-  flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, metrics).", flag_values=flag_values
-  )
-  flags.DEFINE_string(
-    "init_from",
-    None,
-    "Initial weights when the workdir has no checkpoint (overrides config.init_from): HF dir "
-    "or hub id, TF checkpoint, our workdir/Orbax checkpoint, or preset:NAME (from scratch).",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_bool(
-    "jax_distributed",
-    None,
-    "Call jax.distributed.initialize() first (multi-host); default: $"
-    + distributed.DISTRIBUTED_ENV,
-    flag_values=flag_values,
-  )
+  cli.define_training_flags(flag_values, workdir_holds="checkpoints, metrics", init_from=True)
 
 
 def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
