@@ -80,26 +80,19 @@ def _check_state(
   return epoch, step
 
 
-class BatchIterator:
-  """Iterates this process's rows of each global batch of in-memory features.
+class IndexedBatches:
+  """What the in-memory batch iterators share: checks, per-process slices, position and state.
 
-  Args:
-    features: arrays with a common leading dimension N (e.g. `input_ids` [N, L]).
-    global_batch_size: rows per global batch, summed over processes; divisible by
-      `process_count`.
-    shuffle: draw a new permutation each epoch (otherwise the stored order every epoch).
-    seed: non-negative seed of the permutations.
-    num_epochs: epochs to run; None repeats forever.
-    drop_remainder: drop the last partial batch of each epoch. If False it is padded with zero
-      rows and every batch gets `weights` [local_batch] float32, 1.0 for real rows and 0.0 for
-      padding, so evaluation sees every example at one compiled shape.
-    process_index: this process; defaults to `jax.process_index()`.
-    process_count: number of processes; defaults to `jax.process_count()`.
+  A subclass decides which global rows form batch `step` of epoch `epoch` (`_global_rows`) and
+  may cut what it takes of them (`_take`); this class checks the features and batch settings,
+  keeps this process's contiguous slice of each global batch, pads the last batch when
+  `drop_remainder=False`, counts the position and saves and restores it. `kind` names the
+  subclass's state format.
 
-  Yields:
-    Dicts of arrays [global_batch_size // process_count, ...], same keys and dtypes as
-    `features` (plus `weights` when `drop_remainder=False`).
+  Args: as `BatchIterator`'s.
   """
+
+  kind = ""
 
   def __init__(
     self,
@@ -149,8 +142,6 @@ class BatchIterator:
     self._drop_remainder = bool(drop_remainder)
     self._epoch = 0
     self._step = 0
-    self._order_epoch: int | None = None
-    self._order = np.arange(self._num_examples)
 
   @property
   def local_batch_size(self) -> int:
@@ -167,24 +158,25 @@ class BatchIterator:
       return self._num_examples // self._global_batch_size
     return -(-self._num_examples // self._global_batch_size)
 
-  def __iter__(self) -> BatchIterator:
+  def __iter__(self) -> IndexedBatches:
     return self
 
-  def _epoch_order(self, epoch: int) -> np.ndarray:
-    """Global example order of `epoch` (cached: permuting large N is not free)."""
-    if self._shuffle and self._order_epoch != epoch:
-      self._order = np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
-      self._order_epoch = epoch
-    return self._order
+  def _global_rows(self, epoch: int, step: int) -> tuple[np.ndarray, Any]:
+    """The global row indices of a batch, and what `_take` needs to know about it."""
+    raise NotImplementedError
+
+  def _take(self, indices: np.ndarray, about: Any) -> dict[str, np.ndarray]:
+    """This process's batch from its row indices (default: every feature's rows as they are)."""
+    del about
+    return {key: value[indices] for key, value in self._features.items()}
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self._num_epochs is not None and self._epoch >= self._num_epochs:
       raise StopIteration
-    start = self._step * self._global_batch_size
-    global_indices = self._epoch_order(self._epoch)[start : start + self._global_batch_size]
+    global_indices, about = self._global_rows(self._epoch, self._step)
     local_start = self._process_index * self._local_batch_size
     indices = global_indices[local_start : local_start + self._local_batch_size]
-    batch = {key: value[indices] for key, value in self._features.items()}
+    batch = self._take(indices, about)
     if not self._drop_remainder:
       batch = _pad_rows(batch, self._local_batch_size, len(indices))
     self._step += 1
@@ -193,6 +185,7 @@ class BatchIterator:
     return batch
 
   def _identity(self) -> dict[str, Any]:
+    """What identifies the stream in a saved state (a subclass adds its own fields)."""
     return {
       "num_examples": self._num_examples,
       "global_batch_size": self._global_batch_size,
@@ -203,23 +196,62 @@ class BatchIterator:
 
   def get_state(self) -> dict[str, Any]:
     """The position in the stream: a small JSON-serialisable dict (no data)."""
-    return {"kind": "BatchIterator", "epoch": self._epoch, "step": self._step, **self._identity()}
+    return {"kind": self.kind, "epoch": self._epoch, "step": self._step, **self._identity()}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues from a `get_state()` result (possibly saved by a run with another host count).
 
     Raises:
-      ValueError: the state is malformed or belongs to a different dataset size, batch size,
-        seed, shuffle or drop_remainder setting, or points outside the stream.
+      ValueError: the state is malformed, of another kind, or belongs to a different dataset
+        size, batch size, seed, shuffle or drop_remainder setting (or, for buckets, other
+        bucket lengths), or points outside the stream.
     """
-    epoch, step = _check_state(state, self._identity(), "BatchIterator")
+    epoch, step = _check_state(state, self._identity(), self.kind)
     if step >= len(self):
-      raise ValueError(
-        f"BatchIterator state step={step} is outside an epoch of {len(self)} batches"
-      )
+      raise ValueError(f"{self.kind} state step={step} is outside an epoch of {len(self)} batches")
     if self._num_epochs is not None and (epoch, step) > (self._num_epochs, 0):
-      raise ValueError(f"BatchIterator state epoch={epoch} is past num_epochs={self._num_epochs}")
+      raise ValueError(f"{self.kind} state epoch={epoch} is past num_epochs={self._num_epochs}")
     self._epoch, self._step = epoch, step
+
+
+class BatchIterator(IndexedBatches):
+  """Iterates this process's rows of each global batch of in-memory features.
+
+  Args:
+    features: arrays with a common leading dimension N (e.g. `input_ids` [N, L]).
+    global_batch_size: rows per global batch, summed over processes; divisible by
+      `process_count`.
+    shuffle: draw a new permutation each epoch (otherwise the stored order every epoch).
+    seed: non-negative seed of the permutations.
+    num_epochs: epochs to run; None repeats forever.
+    drop_remainder: drop the last partial batch of each epoch. If False it is padded with zero
+      rows and every batch gets `weights` [local_batch] float32, 1.0 for real rows and 0.0 for
+      padding, so evaluation sees every example at one compiled shape.
+    process_index: this process; defaults to `jax.process_index()`.
+    process_count: number of processes; defaults to `jax.process_count()`.
+
+  Yields:
+    Dicts of arrays [global_batch_size // process_count, ...], same keys and dtypes as
+    `features` (plus `weights` when `drop_remainder=False`).
+  """
+
+  kind = "BatchIterator"
+
+  def __init__(self, features: Mapping[str, np.ndarray], global_batch_size: int, **kwargs: Any):
+    super().__init__(features, global_batch_size, **kwargs)
+    self._order_epoch: int | None = None
+    self._order = np.arange(self._num_examples)
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    """Global example order of `epoch` (cached: permuting large N is not free)."""
+    if self._shuffle and self._order_epoch != epoch:
+      self._order = np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+      self._order_epoch = epoch
+    return self._order
+
+  def _global_rows(self, epoch: int, step: int) -> tuple[np.ndarray, None]:
+    start = step * self._global_batch_size
+    return self._epoch_order(epoch)[start : start + self._global_batch_size], None
 
 
 def _stack(examples: list[Mapping[str, np.ndarray]], where: str) -> dict[str, np.ndarray]:

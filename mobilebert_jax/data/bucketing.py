@@ -48,8 +48,9 @@ contiguous slice of each global batch, so all hosts always hold the same bucket.
 **Why a separate class.** `BatchIterator` is one permutation cut into equal slices; bucketing
 replaces that with a per-epoch plan of (bucket, rows) batches and a truncation step. Folding it
 into `BatchIterator` as an option would put a second iteration scheme behind every line of that
-class, so it lives here, reusing `batching`'s state checks, padding and `weights` key (the
-state formats differ only in their `kind` and identity fields).
+class, so it lives here, as a second `batching.IndexedBatches`: it shares that base's checks,
+per-process slices, padding with `weights`, position and state, and supplies only its plan and
+its truncation (the state formats differ only in their `kind` and identity fields).
 
 Evaluation keeps full-length batches (`evaluation.evaluate` with `BatchIterator`): it runs once
 per eval and its outputs must line up with the features' full-length metadata.
@@ -62,8 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilebert_jax.data import sources
-from mobilebert_jax.data.batching import WEIGHTS_KEY, _check_positive, _check_state, _pad_rows
+from mobilebert_jax.data.batching import IndexedBatches, _check_positive
 
 MASK_KEY = "attention_mask"
 # Per-example arrays whose values are token positions (SQuAD's answer span).
@@ -146,7 +146,7 @@ def _check_bucket_lengths(bucket_lengths: Sequence[int], length: int) -> tuple[i
   return tuple(int(v) for v in values) + (() if values[-1] == length else (length,))
 
 
-class BucketedBatchIterator:
+class BucketedBatchIterator(IndexedBatches):
   """Iterates this process's slice of each global batch, each batch cut to its bucket's length.
 
   Args:
@@ -179,6 +179,8 @@ class BucketedBatchIterator:
       lengths or batch settings, or a token position outside its example's bucket.
   """
 
+  kind = "BucketedBatchIterator"
+
   def __init__(
     self,
     features: Mapping[str, np.ndarray],
@@ -194,15 +196,16 @@ class BucketedBatchIterator:
     process_index: int | None = None,
     process_count: int | None = None,
   ):
-    if not features:
-      raise ValueError("features is empty: nothing to batch")
-    self._features = {key: np.asarray(value) for key, value in features.items()}
-    sizes = {key: value.shape[0] if value.ndim else None for key, value in self._features.items()}
-    if len(set(sizes.values())) != 1 or None in sizes.values():
-      raise ValueError(f"features need one common leading dimension, got sizes {sizes}")
-    self._num_examples = next(iter(sizes.values()))
-    if self._num_examples == 0:
-      raise ValueError("features hold 0 examples: nothing to batch")
+    super().__init__(
+      features,
+      global_batch_size,
+      shuffle=shuffle,
+      seed=seed,
+      num_epochs=num_epochs,
+      drop_remainder=drop_remainder,
+      process_index=process_index,
+      process_count=process_count,
+    )
     if MASK_KEY not in self._features or self._features[MASK_KEY].ndim < 2:
       raise ValueError(
         f"bucketing needs {MASK_KEY!r} [N, ..., L] among the features (keys: "
@@ -221,25 +224,6 @@ class BucketedBatchIterator:
           f"not the sequence length {length} of {MASK_KEY!r}"
         )
     self._sequence_keys = frozenset(sequence_keys)
-    if not drop_remainder and WEIGHTS_KEY in self._features:
-      raise ValueError(
-        f"features already have {WEIGHTS_KEY!r}, the key drop_remainder=False adds; rename it"
-      )
-    _check_positive("global_batch_size", global_batch_size)
-    _check_positive("num_epochs", num_epochs, allow_none=True)
-    if not isinstance(seed, int | np.integer) or seed < 0:
-      raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    self._process_index, self._process_count = sources.resolve_process(process_index, process_count)
-    if global_batch_size % self._process_count:
-      raise ValueError(
-        f"global_batch_size={global_batch_size} does not divide evenly over "
-        f"process_count={self._process_count} processes"
-      )
-    if drop_remainder and self._num_examples < global_batch_size:
-      raise ValueError(
-        f"{self._num_examples} examples make no full batch of global_batch_size="
-        f"{global_batch_size}; use a smaller batch or drop_remainder=False"
-      )
     self._bucket_lengths = _check_bucket_lengths(bucket_lengths, length)
     self._lengths = real_lengths(self._features[MASK_KEY])
     self._bucket = bucket_of(self._lengths, self._bucket_lengths)
@@ -247,15 +231,6 @@ class BucketedBatchIterator:
     if token_position_keys is None:
       token_position_keys = [k for k in TOKEN_POSITION_KEYS if k in self._features]
     self._check_token_positions(token_position_keys)
-
-    self._global_batch_size = int(global_batch_size)
-    self._local_batch_size = self._global_batch_size // self._process_count
-    self._shuffle = bool(shuffle)
-    self._seed = int(seed)
-    self._num_epochs = num_epochs
-    self._drop_remainder = bool(drop_remainder)
-    self._epoch = 0
-    self._step = 0
     self._plan_epoch: int | None = None
     self._plan: list[tuple[int, np.ndarray]] = []
 
@@ -288,15 +263,6 @@ class BucketedBatchIterator:
     """Examples assigned to each bucket."""
     return tuple(len(m) for m in self._members)
 
-  @property
-  def local_batch_size(self) -> int:
-    """Rows of each batch this process yields."""
-    return self._local_batch_size
-
-  @property
-  def num_examples(self) -> int:
-    return self._num_examples
-
   def token_fraction(self) -> float:
     """Sequence positions computed per epoch, as a fraction of the full-length batches'.
 
@@ -321,15 +287,6 @@ class BucketedBatchIterator:
   # Iteration
   # --------------------------------------------------------------------------------------------
 
-  def __len__(self) -> int:
-    """Batches per epoch (as many as `BatchIterator` gives for the same settings)."""
-    if self._drop_remainder:
-      return self._num_examples // self._global_batch_size
-    return -(-self._num_examples // self._global_batch_size)
-
-  def __iter__(self) -> BucketedBatchIterator:
-    return self
-
   def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
     """The `(bucket, global row indices)` batches of `epoch`, in order (cached)."""
     if self._plan_epoch == epoch:
@@ -353,65 +310,26 @@ class BucketedBatchIterator:
     self._plan, self._plan_epoch = plan, epoch
     return plan
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._num_epochs is not None and self._epoch >= self._num_epochs:
-      raise StopIteration
-    bucket, global_indices = self._epoch_plan(self._epoch)[self._step]
-    length = self._bucket_lengths[bucket]
-    local_start = self._process_index * self._local_batch_size
-    indices = global_indices[local_start : local_start + self._local_batch_size]
-    batch = {}
-    for key, value in self._features.items():
-      # Slice first (a view), then gather: only the kept columns are copied.
-      batch[key] = value[..., :length][indices] if key in self._sequence_keys else value[indices]
-    if not self._drop_remainder:
-      batch = _pad_rows(batch, self._local_batch_size, len(indices))
-    self._step += 1
-    if self._step == len(self):
-      self._epoch, self._step = self._epoch + 1, 0
-    return batch
+  def _global_rows(self, epoch: int, step: int) -> tuple[np.ndarray, int]:
+    bucket, global_indices = self._epoch_plan(epoch)[step]
+    return global_indices, self._bucket_lengths[bucket]
+
+  def _take(self, indices: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    # Slice first (a view), then gather: only the kept columns are copied.
+    return {
+      key: value[..., :length][indices] if key in self._sequence_keys else value[indices]
+      for key, value in self._features.items()
+    }
 
   # --------------------------------------------------------------------------------------------
-  # State
+  # State (a run started without bucketing resumes without it: the kinds differ)
   # --------------------------------------------------------------------------------------------
 
   def _identity(self) -> dict[str, Any]:
     # Lists, not tuples: the state goes through JSON and is compared after the round trip.
     return {
-      "num_examples": self._num_examples,
-      "global_batch_size": self._global_batch_size,
-      "seed": self._seed,
-      "shuffle": self._shuffle,
-      "drop_remainder": self._drop_remainder,
+      **super()._identity(),
       "bucket_lengths": list(self._bucket_lengths),
       # Same N but other lengths means other data: its plans would differ.
       "bucket_sizes": list(self.bucket_sizes),
     }
-
-  def get_state(self) -> dict[str, Any]:
-    """The position in the stream: a small JSON-serialisable dict (no data)."""
-    return {
-      "kind": "BucketedBatchIterator",
-      "epoch": self._epoch,
-      "step": self._step,
-      **self._identity(),
-    }
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    """Continues from a `get_state()` result (possibly saved by a run with another host count).
-
-    Raises:
-      ValueError: the state is malformed, is not a bucketed state (a run started without
-        bucketing resumes without it), or belongs to other data, batch size, seed, buckets,
-        shuffle or drop_remainder setting, or points outside the stream.
-    """
-    epoch, step = _check_state(state, self._identity(), "BucketedBatchIterator")
-    if step >= len(self):
-      raise ValueError(
-        f"BucketedBatchIterator state step={step} is outside an epoch of {len(self)} batches"
-      )
-    if self._num_epochs is not None and (epoch, step) > (self._num_epochs, 0):
-      raise ValueError(
-        f"BucketedBatchIterator state epoch={epoch} is past num_epochs={self._num_epochs}"
-      )
-    self._epoch, self._step = epoch, step
