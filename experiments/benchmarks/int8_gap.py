@@ -1,0 +1,184 @@
+"""Where a QAT model's full-integer TFLite file loses accuracy: three probes on one QAT workdir.
+
+A QAT model's int8 file scores below the QAT model (experiments/2026-12-06_int8_accuracy). This
+script tests the three explanations that a conversion change could remove, each by building
+the int8 file another way from the same export form (`quantization_export=True`, mask fill -6)
+and scoring it on the task's dev set with the export's own evaluation:
+
+1. *Ranges*: the converter calibrates every tensor's range instead of taking the learned one.
+   Probe: calibrate only (`_experimental_calibrate_only`), overwrite the recorded min/max of
+   every clip `MINIMUM(MAXIMUM(x, lo), hi)` (and of `x` where the clip is its only reader) with
+   its constants, i.e. the learned range, then quantize (`mlir_quantize`, as the converter does).
+2. *Weights*: the converter re-quantizes float kernels per channel, not on the per-tensor
+   symmetric grid QAT trained with. Probe: export the kernels already on that grid
+   (`quantization.quantize_weight`) and quantize them per tensor, which keeps them exactly.
+3. *One op type*: one kind of integer kernel (softmax, batch matmul, ...) is responsible. Probe:
+   keep each op type in float in turn (`denylisted_ops`), and all of them together.
+
+COMMAND (a QAT fine-tuning workdir of the SQuAD demo, as in the int8 experiment's README):
+  python experiments/benchmarks/int8_gap.py /tmp/int8b/squad_qat_tflite_ft3000 \
+    --output experiments/2026-12-06_int8_accuracy/int8_gap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from flax import traverse_util  # noqa: E402
+
+from mobilebert_jax import export  # noqa: E402
+from mobilebert_jax.export import api, calibration, runners, saved_model  # noqa: E402
+from mobilebert_jax.model import quantization  # noqa: E402
+
+FILL = -6.0
+OP_TYPES = ("SOFTMAX", "BATCH_MATMUL", "MUL", "ADD", "FULLY_CONNECTED")
+
+
+def calibrated_model(tf, saved_model_dir: str, samples) -> bytes:
+  """The float model with every tensor's calibrated min/max recorded (not yet quantized)."""
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: iter(samples)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter._experimental_calibrate_only = True
+  return converter.convert()
+
+
+def quantize(tf, calibrated: bytes, per_tensor: bool = False, denylisted_ops=()) -> bytes:
+  """What the converter does after calibration (TF 2.20 `TFLiteConverter._quantize`)."""
+  from tensorflow.lite.python import convert
+
+  return convert.mlir_quantize(
+    calibrated,
+    per_tensor,
+    input_data_type=tf.float32,
+    output_data_type=tf.float32,
+    denylisted_ops=list(denylisted_ops) or None,
+  )
+
+
+def with_learned_ranges(calibrated: bytes) -> tuple[bytes, int]:
+  """Overwrites the calibrated min/max of every clip with its constant bounds."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  from tensorflow.lite.tools import flatbuffer_utils
+
+  model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+  graph = model.subgraphs[0]
+  codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+  def op_type(op) -> str:
+    return codes[model.operatorCodes[op.opcodeIndex].builtinCode]
+
+  def scalar(index: int) -> float | None:
+    data = model.buffers[graph.tensors[index].buffer].data
+    values = None if data is None else np.frombuffer(bytes(data), np.float32)
+    return float(values[0]) if values is not None and values.size == 1 else None
+
+  def set_range(index: int, low: float, high: float) -> None:
+    stats = graph.tensors[index].quantization
+    stats.min, stats.max = np.array([low], np.float32), np.array([high], np.float32)
+
+  readers: dict[int, list[int]] = {}
+  for k, op in enumerate(graph.operators):
+    for i in op.inputs:
+      readers.setdefault(i, []).append(k)
+  clips = 0
+  for k, op in enumerate(graph.operators):
+    if op_type(op) != "MAXIMUM" or scalar(op.inputs[1]) is None:
+      continue
+    after = readers.get(op.outputs[0], [])
+    if len(after) != 1 or op_type(graph.operators[after[0]]) != "MINIMUM":
+      continue
+    minimum = graph.operators[after[0]]
+    low, high = scalar(op.inputs[1]), scalar(minimum.inputs[1])
+    if high is None:
+      continue
+    set_range(op.outputs[0], low, high)
+    set_range(minimum.outputs[0], low, high)
+    if readers.get(op.inputs[0]) == [k]:
+      set_range(op.inputs[0], low, high)
+    clips += 1
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), clips
+
+
+def on_weight_grid(source: export.ExportSource) -> export.ExportSource:
+  """Every Dense kernel rounded to the symmetric per-tensor grid QAT trained it on."""
+  flat = traverse_util.flatten_dict(source.variables["params"])
+  for key, value in flat.items():
+    if key[-1] == "kernel":
+      flat[key] = np.asarray(quantization.quantize_weight(np.asarray(value)))
+  params = traverse_util.unflatten_dict(flat)
+  return dataclasses.replace(source, variables={**source.variables, "params": params})
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir", help="a QAT fine-tuning workdir")
+  parser.add_argument("--calibration_steps", type=int, default=100)
+  parser.add_argument("--output", required=True)
+  args = parser.parse_args()
+  import tensorflow as tf
+
+  source = export.resolve_source(args.workdir)
+  if not source.config.quantization_aware:
+    parser.error(f"{args.workdir} is not a quantization-aware run")
+  exported = source.with_config(quantization_export=True, masked_attention_logit=FILL)
+  signature = api.signature_for(exported.module, 4)
+  seq_len = api._seq_len(source, None)
+  samples = calibration.representative_inputs(source, signature, seq_len, args.calibration_steps)
+  results: dict[str, dict] = {}
+
+  def score(name: str, content: bytes, reference: export.ExportSource, **extra) -> None:
+    path = os.path.join(scratch, f"{name}.tflite")
+    with open(path, "wb") as f:
+      f.write(content)
+    runner = runners.TfliteRunner(path, num_threads=1)
+    fields = api._compare(runner, source, reference, signature, seq_len)
+    metric = fields["task_metric"]
+    results[name] = {
+      "f1": metric["exported"]["f1"],
+      "export_form_f1": metric["jax_export_config"]["f1"],
+      "qat_model_f1": metric["jax"]["f1"],
+      "max_relative_error_vs_export_form": fields["max_relative_error"]["max"],
+      **extra,
+    }
+    print(name, json.dumps(results[name]), flush=True)
+
+  with tempfile.TemporaryDirectory(prefix="int8_gap_") as scratch:
+    forms = (("export_form", exported), ("weights_on_qat_grid", on_weight_grid(exported)))
+    for name, form in forms:
+      directory = os.path.join(scratch, name)
+      saved_model.save(
+        form, directory, signature, seq_len, batch_size=1, with_gradient=False, platforms=("cpu",)
+      )
+      if name == "export_form":
+        calibrated = calibrated_model(tf, directory, samples)
+        score("calibrated_ranges", quantize(tf, calibrated), form)
+        overridden, clips = with_learned_ranges(calibrated)
+        score("learned_ranges", quantize(tf, overridden), form, clips=clips)
+        for op in OP_TYPES:
+          score(f"float_{op.lower()}", quantize(tf, calibrated, denylisted_ops=[op]), form)
+        every = (*OP_TYPES, "MAXIMUM", "MINIMUM", "RELU6", "GATHER_ND", "CONCATENATION",
+                 "SELECT_V2", "SLICE", "RESHAPE", "TRANSPOSE")  # fmt: skip
+        score("float_every_op", quantize(tf, calibrated, denylisted_ops=every), form)
+      else:
+        calibrated = calibrated_model(tf, directory, samples)
+        score("weights_on_qat_grid_per_channel", quantize(tf, calibrated), form)
+        score("weights_on_qat_grid_per_tensor", quantize(tf, calibrated, per_tensor=True), form)
+  report = {"workdir": args.workdir, "calibration_steps": len(samples), "fill": FILL, **results}
+  with open(args.output, "w") as f:
+    json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
