@@ -14,6 +14,8 @@ dict. We chose this self-contained NumPy iterator over grain's `MapDataset` beca
 job is a permutation and a slice: it needs no dependency the package does not already have, and
 the padded last batch with `weights`, the per-process slicing and the state checks are a few lines
 each here, where with grain they would be custom transformations around its own state format.
+Those shared parts live in `IndexedBatches`, the base of `BatchIterator` and of
+`bucketing.BucketedBatchIterator`, which differ only in which rows form a batch.
 
 `StreamBatchIterator` batches a stream that cannot be indexed (pretraining from TFDS or huge
 files): each process batches its own stream, optionally through a seeded shuffle buffer. Its
@@ -236,16 +238,15 @@ class BatchIterator(IndexedBatches):
   """
 
   kind = "BatchIterator"
-
-  def __init__(self, features: Mapping[str, np.ndarray], global_batch_size: int, **kwargs: Any):
-    super().__init__(features, global_batch_size, **kwargs)
-    self._order_epoch: int | None = None
-    self._order = np.arange(self._num_examples)
+  # The epoch whose order `_order` holds (cached: permuting large N is not free).
+  _order_epoch: int | None = None
 
   def _epoch_order(self, epoch: int) -> np.ndarray:
-    """Global example order of `epoch` (cached: permuting large N is not free)."""
-    if self._shuffle and self._order_epoch != epoch:
-      self._order = np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+    """Global example order of `epoch`."""
+    if self._order_epoch != epoch:
+      n = self._num_examples
+      rng = np.random.default_rng([self._seed, epoch])
+      self._order = rng.permutation(n) if self._shuffle else np.arange(n)
       self._order_epoch = epoch
     return self._order
 
