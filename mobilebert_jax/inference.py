@@ -147,14 +147,7 @@ def load_finetuned(
     raise ValueError(f"{path} is the checkpoint of step {step_dir_step}, not step {step}")
   step = step_dir_step if step is None else step
 
-  # Orbax warns about routine things on every read-only open (no saving, no per-item metadata
-  # file); its errors still show.
-  with summaries.quiet_library_logs(level=logging.ERROR):
-    manager = checkpointing.CheckpointManager(root, read_only=True)
-    try:
-      metadata = manager.metadata(step)
-    finally:
-      manager.close()
+  metadata = checkpointing.read_metadata(root, step)
   train_config = metadata.get("train_config")
   if not isinstance(train_config, Mapping) or not metadata.get("model_config"):
     raise ValueError(f"{root} step {metadata.get('step')}: no model or training config recorded")

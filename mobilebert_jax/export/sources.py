@@ -124,7 +124,7 @@ def resolve_source(
       raise ValueError(f"step={step} applies to checkpoints of ours; {path} is not one")
     return _from_weights(path, model_class or DEFAULT_MODEL_CLASS)
   root, step_dir_step = found
-  metadata = _metadata(root, step if step is not None else step_dir_step)
+  metadata = checkpointing.read_metadata(root, step if step is not None else step_dir_step)
   train_config = metadata.get("train_config") or {}
   if train_config.get("task") in tasks.TASKS:
     return _as_class(_from_workdir(path, metadata["step"], root), model_class)
@@ -217,15 +217,6 @@ def _local_vocab(path: str) -> str | None:
       if os.path.isfile(os.path.join(folder, name)):
         return os.path.join(folder, name)
   return None
-
-
-def _metadata(root: str, step: int | None) -> dict[str, Any]:
-  with summaries.quiet_library_logs(level=logging.ERROR):
-    manager = checkpointing.CheckpointManager(root, read_only=True)
-    try:
-      return manager.metadata(step)
-    finally:
-      manager.close()
 
 
 def _restore_collections(root: str, step: int) -> dict[str, PyTree]:

@@ -66,7 +66,7 @@ from mobilebert_jax.errors import (
   CorruptCheckpointError,
 )
 from mobilebert_jax.model.config import MobileBertConfig
-from mobilebert_jax.train import fingerprints
+from mobilebert_jax.train import fingerprints, summaries
 
 PyTree = Any
 logger = logging.getLogger(__name__)
@@ -646,6 +646,23 @@ class CheckpointManager:
         f"no checkpoint for step {step} in {self.directory}; available: {sorted(steps)}"
       )
     return int(step)
+
+
+def read_metadata(root: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
+  """The metadata JSON of one checkpoint under `root` (default: the latest), opened read-only.
+
+  Orbax's routine warnings of a read-only open (no saving, no per-item metadata file) are kept
+  quiet; its errors still show.
+
+  Raises:
+    FileNotFoundError: no such checkpoint.
+  """
+  with summaries.quiet_library_logs(level=logging.ERROR):
+    manager = CheckpointManager(root, read_only=True)
+    try:
+      return manager.metadata(step)
+    finally:
+      manager.close()
 
 
 def unreadable_directory(directory: str | os.PathLike[str]) -> str:

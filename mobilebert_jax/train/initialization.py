@@ -226,11 +226,7 @@ def _from_our_checkpoint(
 ) -> InitialWeights:
   """Parameters shared (same path, same shape) with one of our training checkpoints."""
   root, step = find_checkpoint(source)
-  manager = checkpointing.CheckpointManager(root, read_only=True)
-  try:
-    metadata = manager.metadata(step)
-  finally:
-    manager.close()
+  metadata = checkpointing.read_metadata(root, step)
   saved_config = MobileBertConfig.from_dict(metadata["model_config"], source="hf")
   saved_task = run_model(metadata["train_config"]["task"])
   model_config = saved_config.with_overrides(**overrides)
