@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/distillation_seeds.py \
       --out=experiments/2026-12-06_distillation_demo --workdir=/tmp/distill_seeds \
-      --seeds=0,1,2 [--scale=demo|smoke]
+      --seeds=0,1,2 [--scale=demo|mid|hour|smoke]
 
 One teacher (seed 0) is pretrained as `python -m mobilebert_jax.distill --demo` does; then, for
 each seed, the three students (scratch, pretraining distillation only, the full recipe) train
@@ -15,6 +15,7 @@ Writes `results.json` (per-seed held-out metrics, mean ± std, wall times), `mlm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -29,6 +30,35 @@ from mobilebert_jax import distill_demo
 TERMS = ("feature", "attention", "mean", "variance")
 # Every seed's students learn from this one teacher.
 TEACHER_SEED = 0
+# Twice the demo's depth (where progressive transfer should start to matter) and twice its
+# updates: about 10 minutes for the teacher and 4-8 minutes per student arm on 2 CPU cores.
+MID_SIZES = dataclasses.replace(
+  distill_demo.DEMO_SIZES,
+  layers=8,
+  teacher_steps=2000,
+  student_steps=1200,
+  steps_per_stage=50,
+  eval_every_steps=200,
+)
+# The issue's hour-per-arm comparison: 12 blocks (half the paper's depth), 128-token instances
+# with ten passes of masking over the corpus, and ten times the demo's updates.
+HOUR_SIZES = dataclasses.replace(
+  distill_demo.DEMO_SIZES,
+  layers=12,
+  seq_length=128,
+  max_predictions=20,
+  dupe_factor=10,
+  teacher_steps=6000,
+  student_steps=6000,
+  steps_per_stage=150,
+  eval_every_steps=500,
+)
+SCALES = {
+  "demo": distill_demo.DEMO_SIZES,
+  "mid": MID_SIZES,
+  "hour": HOUR_SIZES,
+  "smoke": distill_demo.SMOKE_SIZES,
+}
 
 
 def read_records(workdir: str, key: str) -> list[dict]:
@@ -42,24 +72,41 @@ def accuracy_curve(seed_dir: str, arm: str, offset: int) -> list[tuple[int, floa
   return [(r["step"] + offset, r["eval/mlm_accuracy"]) for r in records]
 
 
+def step_rates(seed_dir: str) -> dict[str, dict[str, float]]:
+  """Median training throughput of every run of one seed (phase 1 of the full recipe apart).
+
+  The medians leave out each run's compilations (a few logging windows).
+  """
+  runs = {arm: os.path.join(seed_dir, arm) for arm in distill_demo.ARMS}
+  runs["full_recipe/phase1"] = os.path.join(seed_dir, "full_recipe", "phase1")
+  rates = {}
+  for name, workdir in runs.items():
+    records = read_records(workdir, "train/steps_per_sec")
+    rates[name] = {
+      key: statistics.median(r[f"train/{key}"] for r in records)
+      for key in ("steps_per_sec", "sequences_per_sec", "tflops_per_sec")
+    }
+  return rates
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--scale", choices=("demo", "smoke"), default="demo")
+  parser.add_argument("--scale", choices=tuple(SCALES), default="demo")
   parser.add_argument(
     "--report_only",
     action="store_true",
     help="summarise and plot the finished seeds in --workdir without running anything",
   )
   args = parser.parse_args()
-  sizes = distill_demo.DEMO_SIZES if args.scale == "demo" else distill_demo.SMOKE_SIZES
+  sizes = SCALES[args.scale]
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
 
   teacher = os.path.join(args.workdir, "teacher")
-  per_seed, seconds = {}, {}
+  per_seed, seconds, rates = {}, {}, {}
   for seed in seeds:
     seed_dir = os.path.join(args.workdir, f"seed{seed}")
     if not args.report_only:
@@ -68,6 +115,7 @@ def main() -> None:
       finished = json.load(f)
     per_seed[seed] = {k: finished[k] for k in ("teacher", *distill_demo.ARMS)}
     seconds[seed] = finished["seconds"]
+    rates[seed] = step_rates(seed_dir)
 
   summary = {}
   for name in ("teacher", *distill_demo.ARMS):
@@ -81,6 +129,7 @@ def main() -> None:
     "full_recipe_minus_scratch": gap,
     "beats_scratch_by_two_std": gap > 2 * noise,
     "seconds": seconds,
+    "median_train_rates": rates,
     "sizes": sizes.__dict__,
     "seeds": seeds,
   }
