@@ -187,6 +187,23 @@ def test_the_other_strategies_run(tmp_path, corpus, teacher, strategy):  # noqa:
     assert [r["step"] for r in records(workdir)] == [1, 2]
 
 
+def test_tf2_mode_runs_the_models_with_their_dropout(tmp_path, corpus, teacher):  # noqa: F811
+  """The Model Garden's train step calls both models with `training=True`: dropout is on.
+
+  Only the student's attention dropout differs between the two runs (the student yaml's 0.1
+  against none); everything else, initialisation and data included, is the same.
+  """
+  losses = {}
+  for rate in (0.0, 0.1):
+    changes = {"distill.semantics": "tf2", "model.attention_probs_dropout_prob": rate}
+    workdir = tmp_path / f"attention_dropout_{rate}"
+    config = distill_config(corpus, teacher, num_train_steps=1, **changes)
+    trainer.train_and_evaluate(config, str(workdir))
+    losses[rate] = [r["train/loss"] for r in records(workdir / "phase1" / "stage_0")]
+  assert all(np.isfinite(losses[0.1]))
+  assert losses[0.1] != losses[0.0]
+
+
 def test_a_student_that_cannot_match_the_teacher_is_refused(tmp_path, corpus, teacher):  # noqa: F811
   wider = distill_config(corpus, teacher, **{"model.hidden_size": 48})
   with pytest.raises(RunConfigError, match="same hidden_size"):

@@ -360,8 +360,19 @@ def _tf2_step(
   optimizer: optim.Optimizer,
   stage: int,
 ) -> steps.TrainStepFn:
-  """One Model Garden update of `stage` (its gradients come with the norms Keras clips by)."""
+  """One Model Garden update of `stage` (its gradients come with the norms Keras clips by).
+
+  The Model Garden's `train_step` calls both models with `training=True`, so both run their
+  configured dropout, the teacher's included (its `trainable=False` does not turn dropout off):
+  the step's key is `fold_in(state.rng, state.step)`, as in the shared step, so a resumed run
+  draws the same masks.
+  """
   transformation = optimizer.transformation
+  with_dropout = any(
+    rate > 0
+    for model in (student_model, teacher_model)
+    for rate in (model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob)
+  )
 
   def train_step(state: Any, batch: PyTree, frozen: PyTree) -> tuple[Any, dict[str, Array]]:
     loss, terms, grads, norms = tf2_distillation.loss_and_grads(
@@ -374,6 +385,7 @@ def _tf2_step(
       layer_map=settings.layer_map,
       factors=settings.factors,
       ground_truth_ratio=config.distill.ground_truth_ratio,
+      dropout_rng=jax.random.fold_in(state.rng, state.step) if with_dropout else None,
     )
     updates, opt_state = transformation.update(
       grads, state.opt_state, state.params, gathered_norms=norms
