@@ -105,7 +105,7 @@ def load_masked_lm(
       raise ValueError(f"step={step} applies to runs of ours; {source} is not one")
     module, params = load_pretrained(os.fspath(source), MobileBertForPreTraining)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    vocab_file = vocab_file or _kept_vocab(folder)
+    vocab_file = vocab_file or initialization.vocab_in(folder)
     if vocab_file is None:
       raise FileNotFoundError(f"no vocab.txt beside {source}; pass vocab_file=")
     tokenizer = initialization.load_tokenizer(vocab_file, do_lower_case is not False)
@@ -128,7 +128,7 @@ def load_masked_lm(
     )
   tokenizer_config = train_config.get("tokenizer") or {}
   # The vocabulary the run kept beside its checkpoints, else the one its config named.
-  kept = _kept_vocab(os.path.dirname(root))
+  kept = initialization.vocab_in(os.path.dirname(root))
   vocab_file = vocab_file or kept or tokenizer_config.get("vocab_file")
   if not vocab_file or not os.path.isfile(vocab_file):
     raise FileNotFoundError(f"no vocabulary for {root}: none kept beside it; pass vocab_file=")
@@ -137,13 +137,6 @@ def load_masked_lm(
   tokenizer = initialization.load_tokenizer(vocab_file, do_lower_case)
   description = f"{run} run {root} step {metadata['step']}"
   return MaskedLanguageModel(module, params, tokenizer, config, description)
-
-
-def _kept_vocab(folder: str) -> str | None:
-  for name in initialization.VOCAB_NAMES:
-    if os.path.isfile(os.path.join(folder, name)):
-      return os.path.join(folder, name)
-  return None
 
 
 @functools.lru_cache(maxsize=8)

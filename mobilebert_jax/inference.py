@@ -183,10 +183,9 @@ def _not_a_workdir(path: str) -> str:
 
 def _vocab_file(checkpoint_root: str, run_config: ml_collections.ConfigDict) -> str:
   """The vocabulary the trainer kept in the workdir, else the run's `tokenizer.vocab_file`."""
-  for folder in (os.path.dirname(checkpoint_root), checkpoint_root):
-    for name in initialization.VOCAB_NAMES:
-      if os.path.isfile(os.path.join(folder, name)):
-        return os.path.join(folder, name)
+  kept = initialization.vocab_in(os.path.dirname(checkpoint_root), checkpoint_root)
+  if kept:
+    return kept
   configured = run_config.tokenizer.get("vocab_file")
   if configured and os.path.isfile(configured):
     return configured

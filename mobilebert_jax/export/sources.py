@@ -212,11 +212,7 @@ def _from_weights(path: str, model_class: str) -> ExportSource:
 
 def _local_vocab(path: str) -> str | None:
   """A vocabulary lying in a local weights directory (as HF and TF-Hub directories keep it)."""
-  for folder in (path, os.path.join(path, "assets")):
-    for name in initialization.VOCAB_NAMES:
-      if os.path.isfile(os.path.join(folder, name)):
-        return os.path.join(folder, name)
-  return None
+  return initialization.vocab_in(path, os.path.join(path, "assets"))
 
 
 def _restore_collections(root: str, step: int) -> dict[str, PyTree]:

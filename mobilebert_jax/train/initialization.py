@@ -268,6 +268,15 @@ def _from_our_checkpoint(
 # ----------------------------------------------------------------------------------------------
 
 
+def vocab_in(*folders: str) -> str | None:
+  """The first vocabulary file (`VOCAB_NAMES`, in that order) lying in `folders`, else None."""
+  for folder in filter(None, folders):
+    for name in VOCAB_NAMES:
+      if os.path.isfile(os.path.join(folder, name)):
+        return os.path.join(folder, name)
+  return None
+
+
 def find_vocab_file(config: ConfigDict, workdir: str) -> str:
   """The vocabulary to use (see the module docstring for the order).
 
@@ -279,10 +288,9 @@ def find_vocab_file(config: ConfigDict, workdir: str) -> str:
     if not os.path.isfile(explicit):
       raise FileNotFoundError(f"--config.tokenizer.vocab_file={explicit} does not exist")
     return explicit
-  for name in VOCAB_NAMES:
-    kept = os.path.join(workdir, name)
-    if os.path.isfile(kept):
-      return kept
+  kept = vocab_in(workdir)
+  if kept:
+    return kept
   source = (config.init_from or "").strip()
   if source and not source.startswith(PRESET_PREFIX):
     directory = source if os.path.isdir(source) else os.path.dirname(source)
@@ -290,10 +298,9 @@ def find_vocab_file(config: ConfigDict, workdir: str) -> str:
     look_in = [directory]
     if checkpoint is not None:  # a workdir of ours keeps its vocabulary next to `checkpoints/`
       look_in.append(os.path.dirname(checkpoint[0]))
-    for folder in filter(None, look_in):
-      for name in VOCAB_NAMES:
-        if os.path.isfile(os.path.join(folder, name)):
-          return os.path.join(folder, name)
+    beside = vocab_in(*look_in)
+    if beside:
+      return beside
     looks_like_path = source.startswith((".", "~", os.sep)) or source.count("/") > 1
     if looks_like_path and not os.path.exists(source):
       raise FileNotFoundError(f"--init_from={source} does not exist")
