@@ -13,13 +13,15 @@ runs of the shared training loop over the pretraining data:
 
 With `distill.semantics=tf2` the run is the TF2 Model Garden's instead (`tf2_phases`): one run
 per layer-wise stage, `workdir/phase1/stage_<k>`, each with a fresh optimizer, then the
-pretraining-distillation stage in `workdir`, with `train.tf2_distillation`'s losses and updates.
+pretraining-distillation stage in `workdir`, with `train.tf2_distillation`'s losses and updates,
+and both models running their configured dropout, as the Model Garden's train step does.
 
 `distill.phase1_steps=0` with strategy "progressive" or "joint" gives pretraining distillation
-alone (from the teacher's copied embeddings and heads). The teacher runs forward only, without
-dropout, sharded like the student and passed to the jitted step as its frozen tree (optionally
-in bfloat16: `teacher_dtype`); in stage k both models run only the blocks the stage's losses
-read (`distillation.TransferSettings.blocks`), one compiled step per stage.
+alone (from the teacher's copied embeddings and heads). The teacher runs forward only (without
+dropout, except in TF2 mode), sharded like the student and passed to the jitted step as its
+frozen tree (optionally in bfloat16: `teacher_dtype`); in stage k both models run only the
+blocks the stage's losses read (`distillation.TransferSettings.blocks`), one compiled step per
+stage.
 
 Each phase is an ordinary run directory (checkpoints with the data position, metrics,
 TensorBoard); rerunning the command resumes where a run stopped: inside phase 1, at its end, or
