@@ -9,6 +9,10 @@ one for the difference, not for either score.
 Each model is NAME=WORKDIR (its JAX model, as trained) or NAME=WORKDIR:FILE.tflite (that file,
 scored on the workdir's dev set through the ai-edge-litert interpreter).
 
+`--extra_dev_paragraphs=N` scores on a larger dev set instead: N more paragraphs from the demo's
+own generator (`mobilebert_jax/demo/make_data.py`), drawn after its train and dev sets from the
+same random stream, so that every entity in them is new to both (about 5 questions each).
+
 COMMAND (the int8 experiment's float control, its best QAT model and that model's int8 file):
   QAT=/tmp/int8b/squad_qat_tflite_ft3000
   INT8=/tmp/int8b/exports/squad/squad_qat_tflite_ft3000/qat_int8_learned_ranges/model.tflite
@@ -21,8 +25,10 @@ COMMAND (the int8 experiment's float control, its best QAT model and that model'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import random
 import sys
 import tempfile
 import types
@@ -33,16 +39,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 from mobilebert_jax import export  # noqa: E402
-from mobilebert_jax.demo import DEV_FILE  # noqa: E402
+from mobilebert_jax.demo import DEV_FILE, make_data  # noqa: E402
 from mobilebert_jax.export import api, evaluation, runners  # noqa: E402
 from mobilebert_jax.metrics import squad as squad_metrics  # noqa: E402
 
 DRAWS = 10_000
 
 
-def predictions(workdir: str, tflite_file: str | None) -> dict[str, str]:
+def write_extra_dev(path: str, num_paragraphs: int) -> None:
+  """A dev set of `num_paragraphs` more paragraphs, entities unseen in the demo's train and dev."""
+  rng = random.Random(make_data.SEED)
+  taken: set[str] = set()
+  make_data.make_dataset(rng, make_data.NameMaker(rng, taken), make_data.NUM_TRAIN_PARAGRAPHS, "t")
+  dev = make_data.make_dataset(
+    rng, make_data.NameMaker(rng, taken), make_data.NUM_DEV_PARAGRAPHS, "d"
+  )
+  with open(DEV_FILE, encoding="utf-8") as f:
+    if json.load(f) != json.loads(json.dumps(dev)):
+      raise RuntimeError("the generator no longer reproduces the shipped dev set")
+  extra = make_data.make_dataset(rng, make_data.NameMaker(rng, taken), num_paragraphs, "x")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(extra, f)
+
+
+def predictions(workdir: str, tflite_file: str | None, dev_file: str) -> dict[str, str]:
   """question id -> predicted answer text, as the trainer's evaluation decodes them."""
   source = export.resolve_source(workdir)
+  run_config = source.run_config.to_dict()
+  run_config["data"]["eval_file"] = dev_file
+  source = dataclasses.replace(source, run_config=type(source.run_config)(run_config))
   seq_len = api._seq_len(source, None)
   signature = api.signature_for(source.module, 4)
   eval_set = evaluation.dev_set(source, seq_len)
@@ -65,9 +90,14 @@ def main() -> None:
   parser.add_argument("models", nargs="+", help="NAME=WORKDIR or NAME=WORKDIR:FILE.tflite")
   parser.add_argument("--pairs", required=True, help="comma-separated A-B differences")
   parser.add_argument("--output", required=True)
+  parser.add_argument("--extra_dev_paragraphs", type=int, default=0)
   args = parser.parse_args()
 
-  with open(DEV_FILE, encoding="utf-8") as f:
+  dev_file = DEV_FILE
+  if args.extra_dev_paragraphs:
+    dev_file = os.path.splitext(args.output)[0] + "_dev.json"
+    write_extra_dev(dev_file, args.extra_dev_paragraphs)
+  with open(dev_file, encoding="utf-8") as f:
     gold = {
       qa["id"]: [a["text"] for a in qa["answers"]]
       for article in json.load(f)["data"]
@@ -79,7 +109,7 @@ def main() -> None:
   for spec in args.models:
     name, _, where = spec.partition("=")
     workdir, _, tflite_file = where.partition(":")
-    predicted = predictions(workdir, tflite_file or None)
+    predicted = predictions(workdir, tflite_file or None, dev_file)
     scores[name] = 100 * np.array(
       [max(squad_metrics.f1_score_v1(g, predicted[q]) for g in gold[q]) for q in ids]
     )
@@ -87,7 +117,11 @@ def main() -> None:
 
   rng = np.random.default_rng(0)
   draws = rng.integers(0, len(ids), (DRAWS, len(ids)))
-  report = {"questions": len(ids), "f1": {k: float(v.mean()) for k, v in scores.items()}}
+  report = {
+    "dev_file": dev_file,
+    "questions": len(ids),
+    "f1": {k: float(v.mean()) for k, v in scores.items()},
+  }
   for pair in args.pairs.split(","):
     first, second = pair.split("-")
     difference = scores[first] - scores[second]
