@@ -31,7 +31,6 @@ import os
 import random
 import sys
 import tempfile
-import types
 
 import numpy as np
 
@@ -77,10 +76,8 @@ def predictions(workdir: str, tflite_file: str | None, dev_file: str) -> dict[st
     else runners.JaxRunner(source, signature)
   )
   outputs = runner(evaluation.signature_inputs(signature, eval_set))
-  model_outputs = types.SimpleNamespace(**{k: np.asarray(v) for k, v in outputs.items()})
-  selected = source.task.eval_outputs(model_outputs, dict(eval_set.inputs))
   with tempfile.TemporaryDirectory() as directory:
-    eval_set.finish({k: np.asarray(v) for k, v in selected.items()}, directory)
+    evaluation.task_metrics(source, signature, eval_set, outputs, directory)
     with open(os.path.join(directory, "predictions.json"), encoding="utf-8") as f:
       return json.load(f)
 

@@ -87,13 +87,21 @@ def synthetic_inputs(
 
 
 def task_metrics(
-  source: ExportSource, signature: Signature, eval_set: EvalSet, outputs: Mapping[str, np.ndarray]
+  source: ExportSource,
+  signature: Signature,
+  eval_set: EvalSet,
+  outputs: Mapping[str, np.ndarray],
+  output_dir: str | None = None,
 ) -> dict[str, float]:
-  """The task's dev metrics of `outputs` (by the signature's output names)."""
+  """The task's dev metrics of `outputs` (by the signature's output names).
+
+  With `output_dir`, the task also writes its prediction files there (e.g. SQuAD's
+  `predictions.json`), as the trainer's evaluation does.
+  """
   # The task picks what it scores from the model's output dataclass by attribute.
   model_outputs = types.SimpleNamespace(**{k: np.asarray(v) for k, v in outputs.items()})
   selected = source.task.eval_outputs(model_outputs, dict(eval_set.inputs))
-  metrics = eval_set.finish({k: np.asarray(v) for k, v in selected.items()}, None)
+  metrics = eval_set.finish({k: np.asarray(v) for k, v in selected.items()}, output_dir)
   return {k: float(v) for k, v in metrics.items()}
 
 
