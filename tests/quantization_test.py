@@ -102,6 +102,37 @@ def test_weights_are_symmetric_narrow_range_from_their_current_values():
   np.testing.assert_array_equal(np.asarray(grad), np.full_like(w, 3.0))
 
 
+def test_per_channel_weights_are_tf_per_channel_fake_quant_over_the_output_axes():
+  """One symmetric scale per output channel: TF's per-channel op on the [in, out] kernel."""
+  rng = np.random.default_rng(3)
+  # Output channels of very different sizes, and one all zero (TF gives zeros, not NaN).
+  w = (rng.standard_normal((48, 4, 8)) * np.geomspace(1e-3, 1.0, 32).reshape(4, 8)).astype(
+    np.float32
+  )
+  w[:, 1, 3] = 0.0
+  absmax = np.abs(w).max(axis=0).reshape(-1)
+  expected = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+    w.reshape(48, 32), -absmax, absmax, num_bits=8, narrow_range=True
+  ).numpy()
+  q = np.asarray(jax.jit(lambda v: quantization.quantize_weight(v, reduce_axes=(0,)))(w))
+  np.testing.assert_array_equal(q.reshape(48, 32), expected)
+  assert np.all(q[:, 1, 3] == 0)
+  # Per tensor, the small channels would have collapsed to zero.
+  per_tensor = np.asarray(quantization.quantize_weight(w))
+  assert np.count_nonzero(per_tensor[:, 0, 0]) == 0 and np.count_nonzero(q[:, 0, 0]) > 40
+
+  # Inside a quantization-aware Dense the contracting axes are the ones reduced.
+  x = jnp.asarray(rng.uniform(-1.0, 1.0, (2, 48)).astype(np.float32))
+  dimension_numbers = (((1,), (0,)), ((), ()))
+  dot = quantization.FakeQuantDotGeneral(per_channel=True)
+  variables = dot.init(jax.random.key(0), x, jnp.asarray(w), dimension_numbers)
+  actual = dot.apply(variables, x, jnp.asarray(w), dimension_numbers)
+  x_q = quantization.fake_quant(x, -6.0, 6.0)
+  np.testing.assert_allclose(
+    np.asarray(actual).reshape(2, 32), np.asarray(x_q) @ expected, rtol=1e-5, atol=1e-6
+  )
+
+
 def test_moving_average_is_tf_assign_moving_average_and_quantizes_on_the_updated_range():
   from tensorflow.python.training import moving_averages
 
@@ -242,6 +273,8 @@ def test_quantization_aware_needs_relu6_and_no_norm():
     MobileBertConfig(quantization_aware=True)
   with pytest.raises(ValueError, match="quantization_export applies only"):
     MobileBertConfig(hidden_act="relu6", quantization_export=True)
+  with pytest.raises(ValueError, match="quantization_per_channel applies only"):
+    MobileBertConfig(hidden_act="relu6", quantization_per_channel=True)
   assert MobileBertConfig.from_preset("mobilebert-uncased-qat", quantization_aware=True)
   config = TINY.replace(quantization_aware=True)
   # Recorded with a run (our config files), not in a transformers config.json.

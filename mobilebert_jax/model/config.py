@@ -11,8 +11,8 @@ keeps our own form.
 
 Besides the architecture, the config carries the few implementation switches of this port
 (`scan_layers`, `remat_policy`, `dtype`, `param_dtype`, ...). They never change the numbers of an
-fp32 forward pass, except the quantization switches (`quantization_aware`, `quantization_export`,
-which simulate int8), and they are not written into HF `config.json` files.
+fp32 forward pass, except the quantization switches (`quantization_*`, which simulate int8), and
+they are not written into HF `config.json` files.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class MobileBertConfig:
       output (bias added) with its own moving-average range, and the attention probabilities
       on TFLite's fixed int8 softmax grid (steps of 1/256; the returned attentions are then
       those rounded probabilities, no longer exactly the softmax of the returned logits).
+    quantization_per_channel: with `quantization_aware`, fake-quantize every kernel with one
+      symmetric scale per output channel, as TFLite's full-integer converter quantizes fully
+      connected kernels by default, instead of one scale per kernel (the original).
   """
 
   vocab_size: int = 30522
@@ -147,6 +150,7 @@ class MobileBertConfig:
   quantization_aware: bool = False
   quantization_export: bool = False
   quantization_points: str = "original"
+  quantization_per_channel: bool = False
 
   # ------------------------------------------------------------------------------------------
   # Validation and derived sizes
@@ -227,6 +231,8 @@ class MobileBertConfig:
       )
     if self.quantization_export and not self.quantization_aware:
       problems.append("quantization_export applies only with quantization_aware=True")
+    if self.quantization_per_channel and not self.quantization_aware:
+      problems.append("quantization_per_channel applies only with quantization_aware=True")
     if self.quantization_points not in QUANTIZATION_POINTS:
       problems.append(
         f"quantization_points must be one of {', '.join(QUANTIZATION_POINTS)}, got "
@@ -462,6 +468,7 @@ IMPLEMENTATION_FIELDS = frozenset(
     "quantization_aware",
     "quantization_export",
     "quantization_points",
+    "quantization_per_channel",
   }
 )
 

@@ -197,7 +197,9 @@ def dense_dot_general(config: MobileBertConfig) -> DotGeneral:
     A function with `jax.lax.dot_general`'s signature.
   """
   if config.quantization_aware:
-    return quantization.make_dot_general(config.quantization_export)
+    return quantization.make_dot_general(
+      config.quantization_export, config.quantization_per_channel
+    )
   return dense_product
 
 

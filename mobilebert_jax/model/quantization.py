@@ -7,7 +7,9 @@ The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modelin
   batch's min and max (decay 0.999, no zero-debiasing, initialised to [-6, 6], always containing
   0), updated in training and frozen in evaluation. Each range is a pair of float32 scalars in
   the `quant_ranges` collection (`RANGES`), next to the variable it quantizes;
-- weights: symmetric narrow-range 8-bit ([-127, 127] · absmax / 127) from their current values;
+- weights: symmetric narrow-range 8-bit ([-127, 127] · absmax / 127) from their current values,
+  one scale per kernel (`quantization_per_channel=True`, beyond the original: one per output
+  channel, as TFLite's converter quantizes fully connected kernels);
 - where: the input of every `Dense` (its kernel as a weight), NoNorm's input, γ, β and product
   (γ and β as activations, as the original), the raw attention scores, the masked scores twice
   (zeroed, then filled) before clipping them to [-6, 60], and the attention context.
@@ -74,8 +76,8 @@ def nudged_range(
   """The grid TF's fake quantization uses for a range: nudged so that 0 is a grid point.
 
   Args:
-    minimum: float32 scalar, the range's lower end.
-    maximum: float32 scalar, the range's upper end.
+    minimum: float32 scalar (or array of per-channel ranges), the range's lower end.
+    maximum: float32 scalar (or array like `minimum`), the range's upper end.
     num_bits: bits of the integer type.
     narrow_range: use the integers [1, 2^bits - 1] instead of [0, 2^bits - 1].
     exact: keep XLA from rewriting the divisions (bit-exact with TF's kernel). False for the
@@ -83,17 +85,22 @@ def nudged_range(
       clip bound one ulp off does not matter.
 
   Returns:
-    (nudged_min, nudged_max, scale, inverse_scale), float32 scalars. The inverse is computed from
-    the range, not as 1/scale, as TF does.
+    (nudged_min, nudged_max, scale, inverse_scale), float32, shaped like the range. The
+    inverse is computed from the range, not as 1/scale, as TF does.
   """
   # XLA rewrites a division by a constant into a multiplication by its reciprocal, which rounds
   # differently from TF's kernel (e.g. 12/255 != 12 * (1/255) in float32); the barrier hides the
   # constants and constant ranges from that rewrite.
+  # Per channel the integer bounds are broadcast to the ranges' shape too: XLA also rewrites an
+  # array divided by a broadcast scalar into a multiplication by its reciprocal.
+  minimum = jnp.asarray(minimum, jnp.float32)
+  maximum = jnp.asarray(maximum, jnp.float32)
+  shape = jnp.broadcast_shapes(minimum.shape, maximum.shape)
   values = (
-    jnp.float32(1 if narrow_range else 0),
-    jnp.float32(2**num_bits - 1),
-    jnp.asarray(minimum, jnp.float32),
-    jnp.asarray(maximum, jnp.float32),
+    jnp.full(shape, 1 if narrow_range else 0, jnp.float32),
+    jnp.full(shape, 2**num_bits - 1, jnp.float32),
+    jnp.broadcast_to(minimum, shape),
+    jnp.broadcast_to(maximum, shape),
   )
   if exact:
     values = jax.lax.optimization_barrier(values)
@@ -152,8 +159,9 @@ def fake_quant(
 
   Args:
     x: any-shaped input (computed in float32, returned in x's dtype).
-    minimum: float32 scalar, the range's lower end (<= 0 for a meaningful grid).
-    maximum: float32 scalar, the range's upper end.
+    minimum: float32 scalar, the range's lower end (<= 0 for a meaningful grid); or an array
+      broadcastable against `x`, one range per channel.
+    maximum: float32 scalar or array like `minimum`, the range's upper end.
     num_bits: bits of the integer type.
     narrow_range: use [1, 2^bits - 1] (symmetric weights) instead of [0, 2^bits - 1].
 
@@ -166,7 +174,9 @@ def fake_quant(
   return _fake_quant(x.astype(jnp.float32), *grid).astype(x.dtype)
 
 
-def quantize_weight(w: Array, num_bits: int = NUM_BITS) -> Array:
+def quantize_weight(
+  w: Array, num_bits: int = NUM_BITS, reduce_axes: tuple[int, ...] | None = None
+) -> Array:
   """Symmetric narrow-range fake quantization of a weight from its current values.
 
   The range is [-absmax, absmax] of `w` (the original's "last value" symmetric quantizer), so
@@ -175,11 +185,16 @@ def quantize_weight(w: Array, num_bits: int = NUM_BITS) -> Array:
   Args:
     w: weight of any shape.
     num_bits: bits of the integer type.
+    reduce_axes: the axes each absmax is taken over. None: the whole weight, one scale (the
+      original). A kernel's input (contracting) axes: one scale per output channel, as TFLite's
+      converter quantizes fully connected kernels (`FakeQuantWithMinMaxVarsPerChannel`'s grid).
 
   Returns:
     Array like `w`; the gradient passes straight through.
   """
-  absmax = jax.lax.stop_gradient(jnp.max(jnp.abs(w.astype(jnp.float32))))
+  absmax = jax.lax.stop_gradient(
+    jnp.max(jnp.abs(w.astype(jnp.float32)), axis=reduce_axes, keepdims=reduce_axes is not None)
+  )
   return fake_quant(w, -absmax, absmax, num_bits, narrow_range=True)
 
 
@@ -231,9 +246,12 @@ class FakeQuantDotGeneral(nn.Module):
 
   Attributes:
     export: the export form (input clipped to its range, kernel left as is).
+    per_channel: one weight scale per output channel (the kernel's non-contracting axes)
+      instead of one per kernel.
   """
 
   export: bool = False
+  per_channel: bool = False
 
   @nn.compact
   def __call__(
@@ -242,13 +260,14 @@ class FakeQuantDotGeneral(nn.Module):
     """Same signature as `jax.lax.dot_general`; `lhs` is the activation, `rhs` the kernel."""
     lhs = ActivationQuantizer(self.export, name="input_quant")(lhs)
     if not self.export:
-      rhs = quantize_weight(rhs)
+      (_, rhs_contracting), _ = dimension_numbers
+      rhs = quantize_weight(rhs, reduce_axes=tuple(rhs_contracting) if self.per_channel else None)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kwargs)
 
 
-def make_dot_general(export: bool) -> Callable[..., Array]:
+def make_dot_general(export: bool, per_channel: bool = False) -> Callable[..., Array]:
   """A `FakeQuantDotGeneral` child of the calling `Dense` (call inside its compact scope)."""
-  return FakeQuantDotGeneral(export, name="fake_quant")
+  return FakeQuantDotGeneral(export, per_channel, name="fake_quant")
 
 
 def no_norm(x: Array, scale: Array, bias: Array, export: bool) -> Array:
