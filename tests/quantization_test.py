@@ -225,6 +225,55 @@ def test_quantization_aware_model_quantizes_and_stays_close_to_float():
   assert rounded and all(":f32[] = floor" in line for line in rounded)
 
 
+def test_calibration_sets_each_range_to_the_float_values_it_sees():
+  """`calibrate_ranges`: every range is the min/max (with 0) of its point's float values."""
+  ids, mask = inputs()
+  model = tiny_model(quantization_aware=True)
+  variables = model.init(jax.random.key(0), ids, mask)
+  params = {"params": variables["params"]}
+  batches = [
+    {"input_ids": ids, "attention_mask": mask},
+    {"input_ids": ids[:, ::-1] + 3, "attention_mask": jnp.ones_like(mask)},
+  ]
+  ranges = quantization.calibrate_ranges(
+    model, variables["params"], variables[quantization.RANGES], batches
+  )
+
+  # Each quantizer's input, captured in calibration mode (where it returns its input).
+  def seen(batch):
+    _, state = model.apply(
+      {**params, quantization.RANGES: variables[quantization.RANGES]},
+      **batch,
+      mutable=[quantization.CALIBRATION, "intermediates"],
+      capture_intermediates=lambda m, _: isinstance(m, quantization.ActivationQuantizer),
+    )
+    flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+    return {
+      tuple(k.key for k in path[:-2]): np.asarray(v) for path, v in flat if "__call__" in str(path)
+    }
+
+  values = [seen(batch) for batch in batches]
+  learned = jax.tree_util.tree_flatten_with_path(ranges)[0]
+  assert len(learned) == 2 * 84
+  for path, bound in learned:
+    point, end = tuple(k.key for k in path[:-1]), path[-1].key
+    both = np.concatenate([v[point].ravel() for v in values])
+    expected = min(both.min(), 0.0) if end == "min" else max(both.max(), 0.0)
+    assert float(bound) == pytest.approx(float(expected), rel=0, abs=0), point
+
+  # Calibration runs the float model: weights and activations unquantized. (Unpadded rows and
+  # small initial weights, so that neither the -6 mask fill nor the score clip acts.)
+  batch = batches[1]
+  float_model = tiny_model(masked_attention_logit=-6.0)
+  expected = float_model.apply(params, **batch).start_logits
+  calibrating, _ = model.apply(
+    {**params, quantization.RANGES: ranges}, **batch, mutable=[quantization.CALIBRATION]
+  )
+  np.testing.assert_allclose(calibrating.start_logits, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="at least one batch"):
+    quantization.calibrate_ranges(model, variables["params"], variables[quantization.RANGES], [])
+
+
 def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
   """`quantization_points="tflite"`: every Dense output gets a range; probabilities are k/256."""
   ids, mask = inputs()
@@ -299,6 +348,52 @@ def test_qat_override_without_relu6_is_a_run_config_error():
   tokenizer = initialization.load_tokenizer(config.tokenizer.vocab_file, True)
   with pytest.raises(RunConfigError, match="quantization_aware needs hidden_act='relu6'"):
     initialization.initial_weights(config, tasks.get_task("squad"), tokenizer)
+
+
+def test_run_calibration_uses_the_next_training_batches_and_leaves_the_data_order():
+  """`qat_calibration_batches`: ranges from the next training batches, then the same batches."""
+  from mobilebert_jax.data.batching import BatchIterator
+  from mobilebert_jax.errors import RunConfigError
+  from mobilebert_jax.train import setup
+
+  ids, mask = inputs()
+  rows = np.random.default_rng(4).integers(1, 90, (16, ids.shape[1])).astype(np.int32)
+  features = {"input_ids": rows, "attention_mask": np.ones_like(rows)}
+  batches = BatchIterator(features, global_batch_size=4, shuffle=True, seed=3)
+  twin = BatchIterator(features, global_batch_size=4, shuffle=True, seed=3)
+  next(batches), next(twin)
+  expected_batches = [next(twin) for _ in range(3)]
+  model = tiny_model(quantization_aware=True)
+  variables = model.init(jax.random.key(0), ids, mask)
+  collections = {quantization.RANGES: variables[quantization.RANGES]}
+
+  calibrated = setup.calibrated_collections(model, variables["params"], collections, batches, 2)
+  expected = quantization.calibrate_ranges(
+    model,
+    variables["params"],
+    variables[quantization.RANGES],
+    [{k: b[k] for k in ("input_ids", "attention_mask")} for b in expected_batches[:2]],
+  )
+  jax.tree.map(np.testing.assert_array_equal, calibrated[quantization.RANGES], expected)
+  assert quantization.learned_ranges(calibrated) != quantization.learned_ranges(collections)
+  # Training then draws the batches it would have drawn without the calibration.
+  np.testing.assert_array_equal(next(batches)["input_ids"], expected_batches[0]["input_ids"])
+  with pytest.raises(RunConfigError, match="applies only with --config"):
+    setup.calibrated_collections(tiny_model(), variables["params"], {}, batches, 2)
+
+
+def test_run_calibration_without_a_float_model_is_a_run_config_error(tmp_path):
+  from mobilebert_jax.cli import load_config_file, package_config
+  from mobilebert_jax.demo import DEV_FILE, VOCAB_FILE
+  from mobilebert_jax.errors import RunConfigError
+
+  config = load_config_file(package_config("squad.py", "size=tiny"))
+  config.tokenizer.vocab_file = VOCAB_FILE
+  config.data.update(train_file=DEV_FILE, eval_file=DEV_FILE, max_seq_length=48)
+  config.model.update(quantization_aware=True, hidden_act="relu6")
+  config.update(init_from="", qat_calibration_batches=2, num_train_steps=1)
+  with pytest.raises(RunConfigError, match="calibrates the ranges of a trained float model"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def saved_ranges(workdir, step: int) -> dict:

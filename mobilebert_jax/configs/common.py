@@ -41,6 +41,10 @@ meanings:
   eval_every_steps evaluate during training every N steps (0: only at the end).
   checkpoint_every_steps, keep_checkpoints   Orbax checkpoint interval and how many to keep (the
                    best by the task's main metric is kept too when evaluating during training).
+  qat_calibration_batches   0 (default): a quantization-aware run starts its activation ranges
+                   at [-6, 6], as the original QAT. N: at the min/max of the `init_from` float
+                   model over the first N training batches (post-training calibration), so the
+                   first QAT steps do not clip what the float model computes (docs/quantization.md).
   resume_step      resume from this step of the workdir's checkpoints (None: the newest one
                    that restores; a corrupt one is moved aside to `checkpoints.unreadable/`).
   log_every_steps  how often train metrics are fetched, checked and written.
@@ -189,6 +193,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 2
+  config.qat_calibration_batches = 0
   config.resume_step = placeholder(int)
   config.log_every_steps = 50
   config.mesh_shape = (-1, 1)

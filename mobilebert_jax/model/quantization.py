@@ -38,7 +38,7 @@ calibration sees at most the learned ranges; weights are left to the converter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -50,6 +50,9 @@ Array = jax.Array
 
 # The Flax collection of the activation ranges.
 RANGES = "quant_ranges"
+# Requesting this (always empty) collection as mutable switches every quantizer to calibration:
+# the float values pass unchanged and each range widens to hold them (`calibrate_ranges`).
+CALIBRATION = "quant_calibration"
 NUM_BITS = 8
 EMA_DECAY = 0.999
 INIT_MIN = -6.0
@@ -215,7 +218,8 @@ class ActivationQuantizer(nn.Module):
   towards [min(batch min, 0), max(batch max, 0)] by one EMA step and `x` is quantized on the
   *updated* range, as TF1's `MovingAvgQuantize`. Otherwise the stored range is used unchanged.
   With `export` the quantization is replaced by a clip to the nudged range (see the module
-  docstring).
+  docstring). Calibration (`CALIBRATION` mutable): `x` passes unchanged, and the range, when
+  mutable, widens to hold it.
 
   Attributes:
     export: clip instead of quantizing (the form handed to TFLite's converter).
@@ -228,6 +232,12 @@ class ActivationQuantizer(nn.Module):
     """Args: x: any-shaped activation. Returns: the same shape and dtype."""
     minimum = self.variable(RANGES, "min", lambda: jnp.float32(INIT_MIN))
     maximum = self.variable(RANGES, "max", lambda: jnp.float32(INIT_MAX))
+    if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
+      if self.is_mutable_collection(RANGES):
+        values = jax.lax.stop_gradient(x.astype(jnp.float32))
+        minimum.value = jnp.minimum(minimum.value, jnp.min(values))
+        maximum.value = jnp.maximum(maximum.value, jnp.max(values))
+      return x
     if self.is_mutable_collection(RANGES) and not self.is_initializing():
       values = jax.lax.stop_gradient(x.astype(jnp.float32))
       minimum.value = ema_update(minimum.value, jnp.minimum(jnp.min(values), 0.0))
@@ -259,7 +269,7 @@ class FakeQuantDotGeneral(nn.Module):
   ) -> Array:
     """Same signature as `jax.lax.dot_general`; `lhs` is the activation, `rhs` the kernel."""
     lhs = ActivationQuantizer(self.export, name="input_quant")(lhs)
-    if not self.export:
+    if not self.export and not self.is_mutable_collection(CALIBRATION):
       (_, rhs_contracting), _ = dimension_numbers
       rhs = quantize_weight(rhs, reduce_axes=tuple(rhs_contracting) if self.per_channel else None)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kwargs)
@@ -351,6 +361,48 @@ def quantize_context(context: Array, export: bool) -> Array:
 # ----------------------------------------------------------------------------------------------
 # Reading the learned ranges
 # ----------------------------------------------------------------------------------------------
+
+
+def calibrate_ranges(
+  model: nn.Module, params: Any, ranges: Any, batches: Iterable[Mapping[str, Any]]
+) -> Any:
+  """Activation ranges from the float model: the min and max of every point over `batches`.
+
+  Beyond the original, which starts every range at [-6, 6]: a float model's activations may
+  reach far beyond that (±100 in the SQuAD demo's model), so its first QAT steps clip nearly
+  everything and the run must first relearn what the float model knew. Starting from the
+  ranges that post-training calibration finds (TFLite's min/max calibration: the float model,
+  weights and activations unquantized) keeps the float model's function at step 0; the moving
+  averages then take over as usual. The attention probabilities keep their fixed grid.
+
+  Args:
+    model: a quantization-aware model.
+    params: its parameters.
+    ranges: the `RANGES` collection (for its structure; the values are replaced).
+    batches: model keyword inputs (`input_ids`, `attention_mask`, ...), one dict per batch.
+
+  Returns:
+    The `RANGES` collection: per point [min(0, smallest value), max(0, largest value)].
+
+  Raises:
+    ValueError: `batches` is empty.
+  """
+
+  @jax.jit
+  def observe(ranges: Any, inputs: Mapping[str, Any]) -> Any:
+    _, updated = model.apply(
+      {"params": params, RANGES: ranges}, **inputs, mutable=[RANGES, CALIBRATION]
+    )
+    return updated[RANGES]
+
+  ranges = jax.tree.map(jnp.zeros_like, ranges)
+  seen = 0
+  for inputs in batches:
+    ranges = observe(ranges, dict(inputs))
+    seen += 1
+  if not seen:
+    raise ValueError("calibrate_ranges needs at least one batch")
+  return ranges
 
 
 def learned_ranges(collections: Any) -> dict[str, tuple[float, float]]:

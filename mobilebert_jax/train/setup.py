@@ -34,6 +34,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
 from mobilebert_jax.errors import RunConfigError
+from mobilebert_jax.model import quantization
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.train import (
   checkpointing,
@@ -41,6 +42,7 @@ from mobilebert_jax.train import (
   loop,
   run_files,
   sharding,
+  steps,
   summaries,
 )
 from mobilebert_jax.train.train_state import TrainState
@@ -238,19 +240,56 @@ def start_train_state(
     data_iterator.set_state(restored.data_state)
     source = f"resumed from {resume.checkpoint_dir} step {restored.step}"
     return StartState(restored.state, restored.step, source)
+  calibration_batches = config.get("qat_calibration_batches") or 0
+  if calibration_batches and initial.params is None:
+    raise RunConfigError(
+      "qat_calibration_batches calibrates the ranges of a trained float model; set init_from"
+    )
   if initial.params is not None:
+    collections = sharding.initial_collections(model)
+    if calibration_batches:
+      collections = calibrated_collections(
+        model, initial.params, collections, data_iterator, calibration_batches
+      )
     state = sharding.create_train_state_from_params(
-      initial.params,
-      optimizer,
-      state_shardings,
-      rng=config.seed,
-      collections=sharding.initial_collections(model),
+      initial.params, optimizer, state_shardings, rng=config.seed, collections=collections
     )
   else:
     state = sharding.create_train_state(
       model, optimizer, devices.mesh, devices.rules, rng=config.seed
     )
   return StartState(state, 0, initial.description)
+
+
+def calibrated_collections(
+  model: nn.Module,
+  params: PyTree,
+  collections: Mapping[str, PyTree],
+  data_iterator: Any,
+  num_batches: int,
+) -> dict[str, PyTree]:
+  """`collections` with QAT ranges calibrated on the next `num_batches` training batches.
+
+  The iterator is put back where it was, so training sees the same batches as without the
+  calibration (`quantization.calibrate_ranges` says why calibrate).
+
+  Raises:
+    RunConfigError: the model has no QAT ranges.
+  """
+  if quantization.RANGES not in collections:
+    raise RunConfigError(
+      "qat_calibration_batches applies only with --config.model.quantization_aware=true"
+    )
+  position = data_iterator.get_state()
+  batches = [steps.default_model_inputs(next(data_iterator)) for _ in range(num_batches)]
+  data_iterator.set_state(position)
+  ranges = quantization.calibrate_ranges(model, params, collections[quantization.RANGES], batches)
+  learned = quantization.learned_ranges({quantization.RANGES: ranges})
+  widest = max(max(-low, high) for low, high in learned.values())
+  logging.info(
+    "QAT ranges calibrated on %d training batches (widest |range| %.3g)", num_batches, widest
+  )
+  return {**collections, quantization.RANGES: ranges}
 
 
 # ----------------------------------------------------------------------------------------------
