@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +197,50 @@ def test_workdir_of_another_task_is_refused(overfit_run):
   glue = tiny_config("glue.py:task=rte,size=tiny", **{"data.data_dir": f"{TESTDATA}/glue"})
   with pytest.raises(RunConfigError, match="checkpoint of task 'squad'"):
     trainer.train_and_evaluate(glue, workdir)
+
+
+def test_distill_from_a_fine_tuned_run_trains_on_its_soft_targets(
+  tmp_path, overfit_run, small_squad
+):
+  """`distill_from`: logged loss = (1 - w) task + w soft term, and the soft term falls."""
+  teacher_dir, _ = overfit_run
+  config = squad_config(
+    small_squad,
+    num_train_steps=30,
+    log_every_steps=10,
+    checkpoint_every_steps=1000,
+    distill_from=teacher_dir,
+    distill_weight=0.3,
+    distill_temperature=2.0,
+    **{"optimizer.learning_rate": 5e-3, "data.max_seq_length": 64},
+  )
+  trainer.train_and_evaluate(config, str(tmp_path / "student"))
+  records = train_records(tmp_path / "student")
+  for r in records:
+    np.testing.assert_allclose(
+      r["train/loss"], 0.7 * r["train/task_loss"] + 0.3 * r["train/distill_loss"], rtol=1e-5
+    )
+  assert records[-1]["train/distill_loss"] < 0.5 * records[0]["train/distill_loss"]
+
+  other_vocab = tmp_path / "vocab.txt"
+  words = Path(VOCAB_FILE).read_text(encoding="utf-8").splitlines()
+  other_vocab.write_text("\n".join(words[:-2] + words[-1:] + words[-2:-1]) + "\n")
+  glue_dir = tmp_path / "glue"
+  with pytest.raises(RunConfigError, match="fine-tuned 'squad', this run is 'glue/rte'"):
+    glue = tiny_config(
+      "glue.py:task=rte,size=tiny",
+      **{"data.data_dir": rte_data(tmp_path), "distill_from": teacher_dir},
+    )
+    trainer.train_and_evaluate(glue, str(glue_dir))
+  for changes, message in (
+    ({"distill_weight": 1.5}, "distill_weight must lie in"),
+    ({"distill_temperature": 0.0}, "distill_temperature must be > 0"),
+    ({"distill_from": str(tmp_path / "missing")}, "distill_from: .* does not exist"),
+    ({"tokenizer.vocab_file": str(other_vocab)}, "has another vocabulary than this run"),
+  ):
+    bad = squad_config(small_squad, **{"distill_from": teacher_dir, **changes})
+    with pytest.raises(RunConfigError, match=message):
+      trainer.train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ meanings:
   eval_every_steps evaluate during training every N steps (0: only at the end).
   checkpoint_every_steps, keep_checkpoints   Orbax checkpoint interval and how many to keep (the
                    best by the task's main metric is kept too when evaluating during training).
+  distill_from     "" (default): no teacher. A fine-tuning workdir of the same task (e.g. the
+                   float model a QAT run starts from): its logits become soft targets
+                   (`mobilebert_jax.train.logit_distillation`), mixed in with `distill_weight`
+                   (0..1, default 0.5) at `distill_temperature` (default 1.0).
   qat_calibration_batches   0 (default): a quantization-aware run starts its activation ranges
                    at [-6, 6], as the original QAT. N: at the min/max of the `init_from` float
                    model over the first N training batches (post-training calibration), so the
@@ -193,6 +197,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 2
+  config.distill_from = ""
+  config.distill_weight = 0.5
+  config.distill_temperature = 1.0
   config.qat_calibration_batches = 0
   config.resume_step = placeholder(int)
   config.log_every_steps = 50

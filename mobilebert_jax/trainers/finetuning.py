@@ -21,11 +21,14 @@ dropout keys included), so a killed run loses at most the steps since that check
 the `--config.model.*` overrides may only change implementation switches that leave the
 parameters as they are (`initialization.RESUMABLE_MODEL_FIELDS`), anything else is refused.
 The loop body (logging, the non-finite guard, evals, checkpoint cadence) is
-`mobilebert_jax.train.loop`, shared with the other trainers.
+`mobilebert_jax.train.loop`, shared with the other trainers. With `distill_from` a fine-tuned
+teacher's logits join the task loss as soft targets (`mobilebert_jax.train.logit_distillation`);
+the teacher is the step's frozen argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -35,15 +38,18 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from mobilebert_jax import tasks
+from mobilebert_jax import inference, tasks
 from mobilebert_jax.data.batching import BatchIterator
 from mobilebert_jax.data.bucketing import BucketedBatchIterator
+from mobilebert_jax.errors import RunConfigError
 from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.models import abstract_params
 from mobilebert_jax.train import (
   checkpointing,
   distributed,
   evaluation,
   flops,
+  logit_distillation,
   loop,
   optim,
   setup,
@@ -112,17 +118,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     **config.optimizer.to_dict(), total_steps=max(total_steps, 1)
   )
   state_shardings = sharding.train_state_shardings(model, optimizer, devices.mesh, devices.rules)
-  train_step = sharding.jit_train_step(
+  task_loss = task.make_loss(model_config)
+  teacher = _logit_teacher(config, task, tokenizer, devices) if config.get("distill_from") else None
+  if teacher is None:
+    loss_fn = steps.model_loss_fn(model, task_loss)
+  else:
+    loss_fn = logit_distillation.distilled_loss_fn(
+      model,
+      task_loss,
+      teacher.module,
+      task.eval_outputs,
+      weight=config.distill_weight,
+      temperature=config.distill_temperature,
+    )
+  jitted_step = sharding.jit_train_step(
     steps.make_train_step(
-      steps.model_loss_fn(model, task.make_loss(model_config)),
-      optimizer,
-      grad_accum_steps=config.grad_accum_steps,
-      learning_rate_fn=schedule,
+      loss_fn, optimizer, grad_accum_steps=config.grad_accum_steps, learning_rate_fn=schedule
     ),
     devices.mesh,
     devices.rules,
     state_shardings,
+    frozen_shardings=None if teacher is None else teacher.shardings,
   )
+  train_step = jitted_step if teacher is None else (lambda s, b: jitted_step(s, b, teacher.params))
   eval_step = sharding.jit_eval_step(
     steps.make_eval_step(model, outputs_fn=evaluation.with_bookkeeping(task.eval_outputs)),
     devices.mesh,
@@ -218,6 +236,58 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Teacher:
+  module: Any
+  params: PyTree
+  shardings: PyTree
+
+
+def _logit_teacher(
+  config: ConfigDict, task: tasks.Task, tokenizer: Any, devices: setup.Devices
+) -> _Teacher:
+  """The `distill_from` fine-tuning run, its parameters sharded like a model's.
+
+  Raises:
+    RunConfigError: not a float fine-tuning run of this task and vocabulary, or bad
+      distillation settings.
+  """
+  if not 0.0 <= config.distill_weight <= 1.0:
+    raise RunConfigError(f"distill_weight must lie in [0, 1], got {config.distill_weight}")
+  if config.distill_temperature <= 0:
+    raise RunConfigError(f"distill_temperature must be > 0, got {config.distill_temperature}")
+  try:
+    teacher = inference.load_finetuned(config.distill_from)
+  except (FileNotFoundError, ValueError) as e:
+    raise RunConfigError(f"distill_from: {e}") from None
+  if teacher.task != task.name:
+    raise RunConfigError(
+      f"distill_from: {config.distill_from} fine-tuned {teacher.task!r}, this run is {task.name!r}"
+    )
+  if teacher.config.quantization_aware:
+    raise RunConfigError(
+      f"distill_from: {config.distill_from} is quantization-aware; use a float run"
+    )
+  ids = list(range(max(tokenizer.vocab_size, teacher.tokenizer.vocab_size)))
+  if teacher.tokenizer.vocab_size != tokenizer.vocab_size or (
+    teacher.tokenizer.convert_ids_to_tokens(ids) != tokenizer.convert_ids_to_tokens(ids)
+  ):
+    raise RunConfigError(
+      f"distill_from: {config.distill_from} has another vocabulary than this run"
+    )
+  module = task.model_class(teacher.config)
+  shardings = sharding.params_shardings(
+    abstract_params(module, boxed=True), devices.mesh, devices.rules
+  )
+  logging.info(
+    "distilling from %s (weight %s, temperature %s)",
+    config.distill_from,
+    config.distill_weight,
+    config.distill_temperature,
+  )
+  return _Teacher(module, sharding.put_tree(teacher.params, shardings), shardings)
 
 
 def _total_steps(config: ConfigDict, num_train: int) -> int:
