@@ -380,6 +380,9 @@ def test_run_calibration_uses_the_next_training_batches_and_leaves_the_data_orde
   np.testing.assert_array_equal(next(batches)["input_ids"], expected_batches[0]["input_ids"])
   with pytest.raises(RunConfigError, match="applies only with --config"):
     setup.calibrated_collections(tiny_model(), variables["params"], {}, batches, 2)
+  # Several processes: the widest of their ranges, point by point.
+  per_process = {"a": {"min": np.asarray([-1.0, -3.0]), "max": np.asarray([2.0, 1.0])}}
+  assert jax.tree.map(float, setup.widest_ranges(per_process)) == {"a": {"min": -3.0, "max": 2.0}}
 
 
 def test_run_calibration_without_a_float_model_is_a_run_config_error(tmp_path):

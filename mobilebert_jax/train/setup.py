@@ -31,6 +31,7 @@ import ml_collections
 import optax
 from absl import logging
 from flax import linen as nn
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from mobilebert_jax.errors import RunConfigError
@@ -284,12 +285,22 @@ def calibrated_collections(
   batches = [steps.default_model_inputs(next(data_iterator)) for _ in range(num_batches)]
   data_iterator.set_state(position)
   ranges = quantization.calibrate_ranges(model, params, collections[quantization.RANGES], batches)
+  if jax.process_count() > 1:
+    # Each process saw its own rows of the global batches; every process must start alike.
+    ranges = widest_ranges(multihost_utils.process_allgather(ranges))
   learned = quantization.learned_ranges({quantization.RANGES: ranges})
   widest = max(max(-low, high) for low, high in learned.values())
   logging.info(
     "QAT ranges calibrated on %d training batches (widest |range| %.3g)", num_batches, widest
   )
   return {**collections, quantization.RANGES: ranges}
+
+
+def widest_ranges(gathered: PyTree) -> PyTree:
+  """QAT ranges stacked on a leading axis (e.g. one per process) -> the range holding them all."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, v: v.min(axis=0) if path[-1].key == "min" else v.max(axis=0), gathered
+  )
 
 
 # ----------------------------------------------------------------------------------------------
