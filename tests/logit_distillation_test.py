@@ -66,7 +66,7 @@ def test_step_loss_mixes_the_task_loss_and_the_soft_term(weight):
   context = steps.StepContext(step=jnp.int32(0), collections={}, frozen=teacher_params)
   rng = jax.random.key(2)
   loss_fn = logit_distillation.distilled_loss_fn(
-    student, task_loss, teacher, task.eval_outputs, weight=weight, temperature=2.0
+    student, task_loss, teacher, logit_distillation.task_logits, weight=weight, temperature=2.0
   )
   loss, aux, _ = loss_fn(params, batch, rng, context)
 
@@ -90,3 +90,25 @@ def test_step_loss_mixes_the_task_loss_and_the_soft_term(weight):
     teacher_params
   )
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grad))
+
+
+def test_task_logits_of_every_head():
+  from mobilebert_jax.model.models import (
+    MobileBertForMultipleChoice,
+    MobileBertForSequenceClassification,
+    MobileBertForTokenClassification,
+  )
+
+  ids = jnp.asarray(np.random.default_rng(3).integers(1, TINY.vocab_size, (2, 8)), jnp.int32)
+  expected_shapes = {
+    MobileBertForQuestionAnswering: {"start_logits": (2, 8), "end_logits": (2, 8)},
+    MobileBertForSequenceClassification: {"logits": (2, 3)},
+    MobileBertForTokenClassification: {"logits": (2, 8, 3)},
+    MobileBertForMultipleChoice: {"logits": (1, 2)},
+  }
+  for model_class, shapes in expected_shapes.items():
+    model = model_class(TINY.replace(num_labels=3))
+    inputs = ids[None] if model_class is MobileBertForMultipleChoice else ids
+    variables = model.init(jax.random.key(0), inputs)
+    logits = logit_distillation.task_logits(model.apply(variables, inputs), {})
+    assert {k: v.shape for k, v in logits.items()} == shapes, model_class.__name__

@@ -8,8 +8,9 @@ student on
     (1 - w) · task loss + w · T² · mean over outputs of CE(softmax(t / T), softmax(s / T))
 
 (t, s: the teacher's and the student's logits)
-over every logits output of the task's `eval_outputs` (SQuAD: start and end logits over the
-positions; classification: the class logits), with w = `distill_weight` and T =
+over every logits output of the model (`task_logits`: SQuAD's start and end logits over the
+positions; the class logits of sequence, token (every position) and multiple-choice
+classification), with w = `distill_weight` and T =
 `distill_temperature` (Hinton et al. 2015; the T² keeps the soft term's gradient scale
 independent of T). Unlike pretraining distillation (`trainers.distillation`), the two models
 may differ in anything but the task's output shapes.
@@ -47,6 +48,14 @@ def soft_cross_entropy(student_logits: Array, teacher_logits: Array, temperature
   return -jnp.mean(jnp.sum(targets * log_probs, axis=-1)) * temperature**2
 
 
+def task_logits(outputs: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
+  """The logits soft targets apply to: a QA model's start and end logits, else `logits`."""
+  del batch
+  if hasattr(outputs, "start_logits"):
+    return {"start_logits": outputs.start_logits, "end_logits": outputs.end_logits}
+  return {"logits": outputs.logits}
+
+
 def distilled_loss_fn(
   model: nn.Module,
   task_loss: steps.LossFn,
@@ -64,7 +73,7 @@ def distilled_loss_fn(
     model: the student.
     task_loss: the task's loss on the student's outputs.
     teacher: the teacher module (its own architecture).
-    logits_fn: `(outputs, batch) -> {name: logits}`, the task's `eval_outputs`.
+    logits_fn: `(outputs, batch) -> {name: logits}`, e.g. `task_logits`.
     weight: w, the soft term's share of the loss (0: the task loss alone).
     temperature: T.
 

@@ -127,7 +127,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       model,
       task_loss,
       teacher.module,
-      task.eval_outputs,
+      logit_distillation.task_logits,
       weight=config.distill_weight,
       temperature=config.distill_temperature,
     )
@@ -266,6 +266,8 @@ def _logit_teacher(
     raise RunConfigError(
       f"distill_from: {config.distill_from} fine-tuned {teacher.task!r}, this run is {task.name!r}"
     )
+  if teacher.config.problem_type == "regression":
+    raise RunConfigError(f"distill_from: {task.name} is a regression, without logits to soften")
   if teacher.config.quantization_aware:
     raise RunConfigError(
       f"distill_from: {config.distill_from} is quantization-aware; use a float run"
