@@ -66,7 +66,7 @@ def test_step_loss_mixes_the_task_loss_and_the_soft_term(weight):
   context = steps.StepContext(step=jnp.int32(0), collections={}, frozen=teacher_params)
   rng = jax.random.key(2)
   loss_fn = logit_distillation.distilled_loss_fn(
-    student, task_loss, teacher, logit_distillation.task_logits, weight=weight, temperature=2.0
+    student, task_loss, teacher, weight=weight, temperature=2.0
   )
   loss, aux, _ = loss_fn(params, batch, rng, context)
 
@@ -110,5 +110,5 @@ def test_task_logits_of_every_head():
     model = model_class(TINY.replace(num_labels=3))
     inputs = ids[None] if model_class is MobileBertForMultipleChoice else ids
     variables = model.init(jax.random.key(0), inputs)
-    logits = logit_distillation.task_logits(model.apply(variables, inputs), {})
+    logits = logit_distillation.task_logits(model.apply(variables, inputs))
     assert {k: v.shape for k, v in logits.items()} == shapes, model_class.__name__

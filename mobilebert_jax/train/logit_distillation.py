@@ -7,18 +7,18 @@ student on
 
     (1 - w) · task loss + w · T² · mean over outputs of CE(softmax(t / T), softmax(s / T))
 
-(t, s: the teacher's and the student's logits)
-over every logits output of the model (`task_logits`: SQuAD's start and end logits over the
-positions; the class logits of sequence, token (every position) and multiple-choice
-classification), with w = `distill_weight` and T =
-`distill_temperature` (Hinton et al. 2015; the T² keeps the soft term's gradient scale
-independent of T). Unlike pretraining distillation (`trainers.distillation`), the two models
-may differ in anything but the task's output shapes.
+where t and s are the teacher's and the student's logits of each output (`task_logits`: a QA
+model's start and end logits over the positions, else the class logits of sequence, token (every
+position) or multiple-choice classification), w = `distill_weight` and T = `distill_temperature`
+(Hinton et al. 2015; the T² keeps the soft term's gradient scale independent of T).
+
+Unlike pretraining distillation (`trainers.distillation`), the two models may differ in anything
+but the task's output shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +29,6 @@ from mobilebert_jax.train import steps
 
 Array = jax.Array
 PyTree = Any
-LogitsFn = Callable[[Any, Mapping[str, Array]], Mapping[str, Array]]
 
 
 def soft_cross_entropy(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
@@ -48,9 +47,8 @@ def soft_cross_entropy(student_logits: Array, teacher_logits: Array, temperature
   return -jnp.mean(jnp.sum(targets * log_probs, axis=-1)) * temperature**2
 
 
-def task_logits(outputs: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
+def task_logits(outputs: Any) -> dict[str, Array]:
   """The logits soft targets apply to: a QA model's start and end logits, else `logits`."""
-  del batch
   if hasattr(outputs, "start_logits"):
     return {"start_logits": outputs.start_logits, "end_logits": outputs.end_logits}
   return {"logits": outputs.logits}
@@ -60,7 +58,6 @@ def distilled_loss_fn(
   model: nn.Module,
   task_loss: steps.LossFn,
   teacher: nn.Module,
-  logits_fn: LogitsFn,
   *,
   weight: float,
   temperature: float,
@@ -73,7 +70,6 @@ def distilled_loss_fn(
     model: the student.
     task_loss: the task's loss on the student's outputs.
     teacher: the teacher module (its own architecture).
-    logits_fn: `(outputs, batch) -> {name: logits}`, e.g. `task_logits`.
     weight: w, the soft term's share of the loss (0: the task loss alone).
     temperature: T.
 
@@ -87,11 +83,11 @@ def distilled_loss_fn(
     teacher_outputs = teacher.apply(
       {"params": jax.lax.stop_gradient(context.frozen)}, **steps.default_model_inputs(batch)
     )
-    teacher_logits = logits_fn(teacher_outputs, batch)
+    teacher_logits = task_logits(teacher_outputs)
 
     def mixed_loss(outputs: Any, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
       loss, aux = task_loss(outputs, batch)
-      student_logits = logits_fn(outputs, batch)
+      student_logits = task_logits(outputs)
       soft = sum(
         soft_cross_entropy(student_logits[name], teacher_logits[name], temperature)
         for name in teacher_logits

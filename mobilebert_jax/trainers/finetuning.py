@@ -127,7 +127,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
       model,
       task_loss,
       teacher.module,
-      logit_distillation.task_logits,
       weight=config.distill_weight,
       temperature=config.distill_temperature,
     )
