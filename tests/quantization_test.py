@@ -411,6 +411,7 @@ def saved_ranges(workdir, step: int) -> dict:
 def test_qat_fine_tuning_checkpoints_resumes_and_evaluates_with_its_ranges(tmp_path):
   from mobilebert_jax.cli import load_config_file, package_config
   from mobilebert_jax.demo import TRAIN_FILE, VOCAB_FILE
+  from mobilebert_jax.errors import RunConfigError
 
   with open(TRAIN_FILE, encoding="utf-8") as f:
     articles = json.load(f)["data"][:2]
@@ -431,6 +432,12 @@ def test_qat_fine_tuning_checkpoints_resumes_and_evaluates_with_its_ranges(tmp_p
   assert len(flat_4) == 84 and flat_2.keys() == flat_4.keys()
   assert all(flat_2[k] != flat_4[k] for k in flat_4)
   assert all(low <= 0.0 <= high for low, high in flat_4.values())
+
+  # A QAT run is no teacher for `distill_from`: its logits come from the fake-quantized model.
+  with pytest.raises(RunConfigError, match="is quantization-aware; use a float run"):
+    student = config.copy_and_resolve_references()
+    student.distill_from = str(reference)
+    trainer.train_and_evaluate(student, str(tmp_path / "student"))
 
   # Killed after step 2: the resumed run restores the ranges and ends on the same ones.
   resumed = tmp_path / "resumed"

@@ -232,6 +232,12 @@ def test_distill_from_a_fine_tuned_run_trains_on_its_soft_targets(
       **{"data.data_dir": rte_data(tmp_path), "distill_from": teacher_dir},
     )
     trainer.train_and_evaluate(glue, str(glue_dir))
+  with pytest.raises(RunConfigError, match="glue/stsb is a regression, without logits"):
+    stsb = tiny_config(
+      "glue.py:task=stsb,size=tiny",
+      **{"data.data_dir": f"{TESTDATA}/glue/STS-B", "distill_from": teacher_dir},
+    )
+    trainer.train_and_evaluate(stsb, str(tmp_path / "stsb"))
   for changes, message in (
     ({"distill_weight": 1.5}, "distill_weight must lie in"),
     ({"distill_temperature": 0.0}, "distill_temperature must be > 0"),

@@ -257,6 +257,8 @@ def _logit_teacher(
     raise RunConfigError(f"distill_weight must lie in [0, 1], got {config.distill_weight}")
   if config.distill_temperature <= 0:
     raise RunConfigError(f"distill_temperature must be > 0, got {config.distill_temperature}")
+  if task.model_overrides(config).get("problem_type") == "regression":
+    raise RunConfigError(f"distill_from: {task.name} is a regression, without logits to soften")
   try:
     teacher = inference.load_finetuned(config.distill_from)
   except (FileNotFoundError, ValueError) as e:
@@ -265,8 +267,6 @@ def _logit_teacher(
     raise RunConfigError(
       f"distill_from: {config.distill_from} fine-tuned {teacher.task!r}, this run is {task.name!r}"
     )
-  if teacher.config.problem_type == "regression":
-    raise RunConfigError(f"distill_from: {task.name} is a regression, without logits to soften")
   if teacher.config.quantization_aware:
     raise RunConfigError(
       f"distill_from: {config.distill_from} is quantization-aware; use a float run"
