@@ -30,6 +30,7 @@ from mobilebert_jax.model.models import abstract_params, init_params
 from mobilebert_jax.train import (
   checkpointing,
   evaluation,
+  flops,
   loop,
   optim,
   run_files,
@@ -87,10 +88,14 @@ def train_records(workdir) -> list[dict]:
     return [r for r in map(json.loads, f) if "train/loss" in r]
 
 
+def model_config_of(workdir) -> MobileBertConfig:
+  with open(os.path.join(workdir, run_files.MODEL_CONFIG_FILE)) as f:
+    return MobileBertConfig.from_dict(json.load(f), source="hf")
+
+
 def restore_params(workdir, step: int):
   """The parameters of checkpoint `step` of a workdir, as host arrays."""
-  with open(os.path.join(workdir, run_files.MODEL_CONFIG_FILE)) as f:
-    model_config = MobileBertConfig.from_dict(json.load(f), source="hf")
+  model_config = model_config_of(workdir)
   with open(os.path.join(workdir, run_files.CONFIG_FILE)) as f:
     task = tasks.get_task(json.load(f)["task"])
   target = abstract_params(task.model_class(model_config))
@@ -221,6 +226,13 @@ def test_distill_from_a_fine_tuned_run_trains_on_its_soft_targets(
       r["train/loss"], 0.7 * r["train/task_loss"] + 0.3 * r["train/distill_loss"], rtol=1e-5
     )
   assert records[-1]["train/distill_loss"] < 0.5 * records[0]["train/distill_loss"]
+  # The logged model FLOPs count the teacher's forward pass beside the student's step.
+  per_sequence = flops.train_step_flops(
+    model_config_of(tmp_path / "student"), 64, head="qa"
+  ) + flops.forward_flops(model_config_of(teacher_dir), 64, head="qa")
+  for r in records:
+    logged = r["train/tflops_per_sec"] * 1e12 / r["train/sequences_per_sec"]
+    assert logged == pytest.approx(per_sequence, rel=1e-6)
 
   other_vocab = tmp_path / "vocab.txt"
   words = Path(VOCAB_FILE).read_text(encoding="utf-8").splitlines()

@@ -209,7 +209,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
         eval_every_steps=config.eval_every_steps,
         progress_bar=config.progress_bar,
         counts_per_step={"examples": config.batch_size},
-        batch_counts=_batch_counts(model_config, flops.head_of(task.model_class)),
+        batch_counts=_batch_counts(
+          model_config,
+          flops.head_of(task.model_class),
+          teacher_config=None if teacher is None else teacher.module.config,
+        ),
         peak_flops_per_sec=flops.peak_flops(list(devices.mesh.devices.flat), model_config.dtype),
         profile_steps=config.get("profile_steps") or None,
         profile_dir=os.path.join(workdir, "profile"),
@@ -331,21 +335,27 @@ def _train_batches(
   return batches
 
 
-def _batch_counts(model_config: MobileBertConfig, head: str) -> Callable[[PyTree], dict[str, int]]:
+def _batch_counts(
+  model_config: MobileBertConfig, head: str, teacher_config: MobileBertConfig | None = None
+) -> Callable[[PyTree], dict[str, int]]:
   """What one global training batch holds, read from its shapes, for the loop's rates.
 
   Sequences count each choice of a multiple-choice example. Tokens are padded tokens (the
   batch's length: `max_seq_length`, or its bucket's), and the model FLOPs (`train.flops`, a
-  train step of the task's head) are those of the padded batch, which is what the devices run.
+  train step of the task's head, plus the forward pass of a `distill_from` teacher) are those
+  of the padded batch, which is what the devices run.
   """
 
   def counts(batch: PyTree) -> dict[str, int]:
     *leading, length = batch["input_ids"].shape  # [B, T], or [B, choices, T]
     sequences = math.prod(leading)
+    per_sequence = flops.train_step_flops(model_config, length, head=head)
+    if teacher_config is not None:
+      per_sequence += flops.forward_flops(teacher_config, length, head=head)
     return {
       "sequences": sequences,
       "tokens": sequences * length,
-      loop.FLOPS: sequences * flops.train_step_flops(model_config, length, head=head),
+      loop.FLOPS: sequences * per_sequence,
     }
 
   return counts
