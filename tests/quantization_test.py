@@ -285,16 +285,40 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
   ranges = quantization.learned_ranges(variables)
   original_ranges = quantization.learned_ranges(original.init(jax.random.key(0), ids, mask))
   added = sorted(set(ranges) - set(original_ranges))
+  removed = sorted(set(original_ranges) - set(ranges))
   # One output range per Dense: per block q, k, v, attention output, 2 bottlenecks, 2 FFNs x 2,
   # bottleneck output, plus the embedding projection and the QA head.
-  assert set(original_ranges) < set(ranges)
   assert len(added) == 2 * 11 + 2 and all(path.endswith("output_quant") for path in added)
+  # The masked and filled logits lose their moving-average ranges to the fixed [-6, 60] grid.
+  assert [path.rsplit("/", 1)[1] for path in removed] == ["filled_quant", "masked_quant"] * 2
 
-  out = tflite.apply(variables, ids, mask, output_attentions=True)
+  # Larger query/key kernels for logits spread over the grid (not all near 0).
+  sharper = jax.tree_util.tree_map_with_path(
+    lambda path, x: 8.0 * x if {"query", "key"} & {getattr(k, "key", None) for k in path} else x,
+    params,
+  )
+  out, state = tflite.apply(
+    {**variables, "params": sharper},
+    ids,
+    mask,
+    output_attentions=True,
+    capture_intermediates=lambda m, _: isinstance(m, quantization.AttentionScoreQuantizer),
+    mutable=["intermediates"],
+  )
   for probabilities in out.attentions:
     grid = 256.0 * np.asarray(probabilities)
     np.testing.assert_allclose(grid, np.round(grid), atol=2e-4)
     assert grid.max() <= 255.0 + 2e-4
+  # The softmax's input: on the int8 grid TFLite's converter gives the [-6, 60] clip (scale
+  # 66/255, zero point 23: the nudged range [-5.953, 60.047]), padded keys at the -6 fill.
+  logits = jax.tree.leaves(state["intermediates"])
+  assert len(logits) == 2
+  for layer_logits in map(np.asarray, logits):
+    steps = (layer_logits + 23 * 66 / 255) / (66 / 255)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert steps.min() >= -1e-3 and steps.max() <= 255 + 1e-3
+    assert len(np.unique(np.round(steps))) > 10  # not collapsed onto a few grid points
+    np.testing.assert_allclose(layer_logits[0, :, :, 6:], -23 * 66 / 255, rtol=1e-6)
   reference = original.apply(
     {
       "params": params,

@@ -105,9 +105,11 @@ class MobileBertConfig:
     quantization_points: with `quantization_aware`, which tensors are fake-quantized:
       "original" (the original MobileBERT QAT, above) or "tflite", which adds the int8 tensors
       a full-integer TFLite model computes and the original does not simulate: every `Dense`'s
-      output (bias added) with its own moving-average range, and the attention probabilities
+      output (bias added) with its own moving-average range, the attention probabilities
       on TFLite's fixed int8 softmax grid (steps of 1/256; the returned attentions are then
-      those rounded probabilities, no longer exactly the softmax of the returned logits).
+      those rounded probabilities, no longer exactly the softmax of the returned logits), and
+      the scaled, filled attention logits on the fixed int8 grid of [-6, 60], which is where
+      TFLite's converter puts them, instead of the original's two moving-average ranges.
     quantization_per_channel: with `quantization_aware`, fake-quantize every kernel with one
       symmetric scale per output channel, as TFLite's full-integer converter quantizes fully
       connected kernels by default, instead of one scale per kernel (the original).

@@ -208,9 +208,9 @@ class SelfAttention(nn.Module):
     if config.quantization_aware:
       # The original QAT's -6 fill unless another value is set (a huge fill has no 8-bit range).
       fill = -6.0 if config.masked_attention_logit is None else config.masked_attention_logit
-      scores = quantization.AttentionScoreQuantizer(config.quantization_export, name="scores")(
-        scores, mask, head_size**-0.5, fill
-      )
+      scores = quantization.AttentionScoreQuantizer(
+        config.quantization_export, config.quantization_points == "tflite", name="scores"
+      )(scores, mask, head_size**-0.5, fill)
     else:
       scores = scores * np.float32(head_size**-0.5)
       if config.masked_attention_logit is None:

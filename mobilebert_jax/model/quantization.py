@@ -15,9 +15,11 @@ The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modelin
   (zeroed, then filled) before clipping them to [-6, 60], and the attention context.
 
 With `quantization_points="tflite"` (beyond the original) every `Dense` output is also
-fake-quantized on its own moving-average range and the attention probabilities on TFLite's
-fixed int8 softmax grid: the tensors a full-integer TFLite model computes in int8 that the
-original recipe leaves float (experiments/2026-12-06_int8_accuracy measured what they cost).
+fake-quantized on its own moving-average range, the attention probabilities on TFLite's
+fixed int8 softmax grid, and the scaled, filled attention logits on the fixed grid of their
+[-6, 60] clip in place of the original's two moving-average ranges: the int8 tensors of a
+full-integer TFLite model where the original recipe simulates none or others
+(experiments/2026-12-06_int8_accuracy measured what they cost).
 
 Gradients are straight-through: 1 where the input lies inside the (nudged) range, 0 outside,
 exactly the gradient of TF's `FakeQuantWithMinMaxVars` with respect to its input; the ranges get
@@ -304,11 +306,20 @@ def no_norm(x: Array, scale: Array, bias: Array, export: bool) -> Array:
 class AttentionScoreQuantizer(nn.Module):
   """The original's quantized attention logits: q(raw), scale, q(masked), q(filled), clip.
 
+  With `tflite` the chain after the raw scores is what a full-integer TFLite file computes:
+  the converter carries the final clip's range back through the fill and the scaling, so the
+  scaled, filled logits land directly on the int8 grid of [-6, 60] (steps of 66/255) and the
+  original's two moving-average ranges in between (often hundreds wide, so steps of several
+  logits) do not exist in the file. Training on those coarser intermediate grids taught a model
+  logits its int8 file did not reproduce (experiments/2026-12-06_int8_accuracy).
+
   Attributes:
     export: the export form.
+    tflite: `quantization_points="tflite"`: the file's chain instead of the original's.
   """
 
   export: bool = False
+  tflite: bool = False
 
   @nn.compact
   def __call__(self, raw_scores: Array, mask: Array, scale: float, fill: float) -> Array:
@@ -325,12 +336,18 @@ class AttentionScoreQuantizer(nn.Module):
     """
     scores = ActivationQuantizer(self.export, name="raw_quant")(raw_scores)
     scores = scores * np.float32(scale)
+    low, high = ATTENTION_LOGIT_RANGE
+    if self.tflite:
+      scores = jnp.where(mask, scores, np.float32(fill))
+      calibrating = self.is_mutable_collection(CALIBRATION)
+      if self.export or calibrating:
+        return jnp.clip(scores, np.float32(low), np.float32(high))
+      return fake_quant(scores, np.float32(low), np.float32(high))
     # The original multiplies by the 0/1 mask, quantizes, adds (1 - mask) * fill and quantizes.
     scores = ActivationQuantizer(self.export, name="masked_quant")(jnp.where(mask, scores, 0.0))
     scores = ActivationQuantizer(self.export, name="filled_quant")(
       jnp.where(mask, scores, np.float32(fill))
     )
-    low, high = ATTENTION_LOGIT_RANGE
     return jnp.clip(scores, np.float32(low), np.float32(high))
 
 
