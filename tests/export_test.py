@@ -160,11 +160,27 @@ def test_quantized_tflite_runs_and_is_reported(qa_source, quantize, tmp_path):
     assert report["masked_attention_logit"] is None
 
 
-def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path):
+def softmax_input_grids(tflite_file) -> list[tuple[float, int]]:
+  """(scale, zero point) of the int8 input of every SOFTMAX in a .tflite file."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  from tensorflow.lite.tools import flatbuffer_utils
+
+  model = flatbuffer_utils.read_model(str(tflite_file))
+  graph = model.subgraphs[0]
+  grids = []
+  for op in graph.operators:
+    if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.SOFTMAX:
+      stats = graph.tensors[op.inputs[0]].quantization
+      grids.append((float(stats.scale[0]), int(stats.zeroPoint[0])))
+  return grids
+
+
+@pytest.mark.parametrize("points", ["original", "tflite"])
+def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points):
   """A QAT model's full-integer export runs in the export form without being asked to."""
   from mobilebert_jax.model import quantization
 
-  config = TINY.replace(quantization_aware=True, hidden_act="relu6")
+  config = TINY.replace(quantization_aware=True, hidden_act="relu6", quantization_points=points)
   module = MobileBertForQuestionAnswering(config)
   signature = signature_for(module)
   calibration = synthetic_inputs(signature, SEQ_LEN, TINY.vocab_size, rows=10, seed=3)
@@ -203,6 +219,19 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path):
   error = report["max_relative_error"]["max"]
   print(f"QAT int8: max relative error {error:.3g} against the export form")
   assert 0 < error < 0.5
+  # The converter fuses scaling, fill and the [-6, 60] clip into the softmax's int8 input, on
+  # the last range before it inside the clip: the "tflite" points' one range after the clip
+  # (what they train on), or the original's filled range (its masked range in between is gone).
+  learned = quantization.learned_ranges({quantization.RANGES: ranges})
+  last = "logits_quant" if points == "tflite" else "filled_quant"
+  expected = []
+  for layer in range(TINY.num_hidden_layers):
+    low, high = learned[f"mobilebert/encoder/layer_{layer}/attention/scores/{last}"]
+    low, high = max(low, -6.0), min(high, 60.0)
+    expected.append(pytest.approx((high - low) / 255, rel=1e-3))
+  grids = softmax_input_grids(tmp_path / "model.tflite")
+  assert [scale for scale, _ in grids] == expected
+  assert expected[0] != expected[1] and any(e != 66 / 255 for e in expected)
 
 
 @pytest.fixture(scope="module")

@@ -288,8 +288,10 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
   removed = sorted(set(original_ranges) - set(ranges))
   # One output range per Dense: per block q, k, v, attention output, 2 bottlenecks, 2 FFNs x 2,
   # bottleneck output, plus the embedding projection and the QA head.
-  assert len(added) == 2 * 11 + 2 and all(path.endswith("output_quant") for path in added)
-  # The masked and filled logits lose their moving-average ranges to the fixed [-6, 60] grid.
+  # The logits: one range after the [-6, 60] clip instead of the masked and filled ones.
+  outputs = [path for path in added if path.endswith("output_quant")]
+  assert len(outputs) == 2 * 11 + 2
+  assert [path.rsplit("/", 1)[1] for path in set(added) - set(outputs)] == ["logits_quant"] * 2
   assert [path.rsplit("/", 1)[1] for path in removed] == ["filled_quant", "masked_quant"] * 2
 
   # Larger query/key kernels for logits spread over the grid (not all near 0).
@@ -297,8 +299,13 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
     lambda path, x: 8.0 * x if {"query", "key"} & {getattr(k, "key", None) for k in path} else x,
     params,
   )
+  logit_ranges = {"min": jnp.float32(-6.0), "max": jnp.float32(60.0)}
+  sharp_ranges = jax.tree_util.tree_map_with_path(
+    lambda path, x: logit_ranges[path[-1].key] if "logits_quant" in str(path) else x,
+    variables[quantization.RANGES],
+  )
   out, state = tflite.apply(
-    {**variables, "params": sharper},
+    {"params": sharper, quantization.RANGES: sharp_ranges},
     ids,
     mask,
     output_attentions=True,
@@ -309,8 +316,8 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
     grid = 256.0 * np.asarray(probabilities)
     np.testing.assert_allclose(grid, np.round(grid), atol=2e-4)
     assert grid.max() <= 255.0 + 2e-4
-  # The softmax's input: on the int8 grid TFLite's converter gives the [-6, 60] clip (scale
-  # 66/255, zero point 23: the nudged range [-5.953, 60.047]), padded keys at the -6 fill.
+  # The softmax's input, with the logits' ranges at the whole clip [-6, 60]: on its int8 grid
+  # (scale 66/255, zero point 23: the nudged range [-5.953, 60.047]), padded keys at -6.
   logits = jax.tree.leaves(state["intermediates"])
   assert len(logits) == 2
   for layer_logits in map(np.asarray, logits):

@@ -108,8 +108,8 @@ class MobileBertConfig:
       output (bias added) with its own moving-average range, the attention probabilities
       on TFLite's fixed int8 softmax grid (steps of 1/256; the returned attentions are then
       those rounded probabilities, no longer exactly the softmax of the returned logits), and
-      the scaled, filled attention logits on the fixed int8 grid of [-6, 60], which is where
-      TFLite's converter puts them, instead of the original's two moving-average ranges.
+      the attention logits quantized once after their [-6, 60] clip (moving-average range), as
+      TFLite's converter computes them, instead of twice before it (the original).
     quantization_per_channel: with `quantization_aware`, fake-quantize every kernel with one
       symmetric scale per output channel, as TFLite's full-integer converter quantizes fully
       connected kernels by default, instead of one scale per kernel (the original).

@@ -16,8 +16,9 @@ The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modelin
 
 With `quantization_points="tflite"` (beyond the original) every `Dense` output is also
 fake-quantized on its own moving-average range, the attention probabilities on TFLite's
-fixed int8 softmax grid, and the scaled, filled attention logits on the fixed grid of their
-[-6, 60] clip in place of the original's two moving-average ranges: the int8 tensors of a
+fixed int8 softmax grid, and the attention logits quantized once, after their [-6, 60] clip
+(on its own moving-average range), in place of the original's two ranges before the clip: the
+int8 tensors of a
 full-integer TFLite model where the original recipe simulates none or others
 (experiments/2026-12-06_int8_accuracy measured what they cost).
 
@@ -307,11 +308,13 @@ class AttentionScoreQuantizer(nn.Module):
   """The original's quantized attention logits: q(raw), scale, q(masked), q(filled), clip.
 
   With `tflite` the chain after the raw scores is what a full-integer TFLite file computes:
-  the converter carries the final clip's range back through the fill and the scaling, so the
-  scaled, filled logits land directly on the int8 grid of [-6, 60] (steps of 66/255) and the
-  original's two moving-average ranges in between (often hundreds wide, so steps of several
-  logits) do not exist in the file. Training on those coarser intermediate grids taught a model
-  logits its int8 file did not reproduce (experiments/2026-12-06_int8_accuracy).
+  the converter fuses the scaling, the fill and the clip into one int8 tensor whose range is
+  the calibrated range of the clipped logits (within [-6, 60]), so the logits land directly on
+  that grid (steps of at most 66/255) and the original's two moving-average ranges in between
+  (often hundreds wide in a trained model, so steps of several logits) do not exist in the
+  file. Here: one moving-average range on the clipped logits. Training on the coarser
+  intermediate grids taught a model logits its int8 file did not reproduce
+  (experiments/2026-12-06_int8_accuracy).
 
   Attributes:
     export: the export form.
@@ -338,11 +341,10 @@ class AttentionScoreQuantizer(nn.Module):
     scores = scores * np.float32(scale)
     low, high = ATTENTION_LOGIT_RANGE
     if self.tflite:
-      scores = jnp.where(mask, scores, np.float32(fill))
-      calibrating = self.is_mutable_collection(CALIBRATION)
-      if self.export or calibrating:
-        return jnp.clip(scores, np.float32(low), np.float32(high))
-      return fake_quant(scores, np.float32(low), np.float32(high))
+      scores = jnp.clip(
+        jnp.where(mask, scores, np.float32(fill)), np.float32(low), np.float32(high)
+      )
+      return ActivationQuantizer(self.export, name="logits_quant")(scores)
     # The original multiplies by the 0/1 mask, quantizes, adds (1 - mask) * fill and quantizes.
     scores = ActivationQuantizer(self.export, name="masked_quant")(jnp.where(mask, scores, 0.0))
     scores = ActivationQuantizer(self.export, name="filled_quant")(
