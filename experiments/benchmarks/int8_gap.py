@@ -121,6 +121,15 @@ def on_weight_grid(source: export.ExportSource) -> export.ExportSource:
   return dataclasses.replace(source, variables={**source.variables, "params": params})
 
 
+def export_form(source: export.ExportSource, calibration_steps: int) -> tuple:
+  """(export form, signature, sequence length, calibration inputs) of a QAT source."""
+  exported = source.with_config(quantization_export=True, masked_attention_logit=FILL)
+  signature = api.signature_for(exported.module, 4)
+  seq_len = api._seq_len(source, None)
+  samples = calibration.representative_inputs(source, signature, seq_len, calibration_steps)
+  return exported, signature, seq_len, samples
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir", help="a QAT fine-tuning workdir")
@@ -132,10 +141,7 @@ def main() -> None:
   source = export.resolve_source(args.workdir)
   if not source.config.quantization_aware:
     parser.error(f"{args.workdir} is not a quantization-aware run")
-  exported = source.with_config(quantization_export=True, masked_attention_logit=FILL)
-  signature = api.signature_for(exported.module, 4)
-  seq_len = api._seq_len(source, None)
-  samples = calibration.representative_inputs(source, signature, seq_len, args.calibration_steps)
+  exported, signature, seq_len, samples = export_form(source, args.calibration_steps)
   results: dict[str, dict] = {}
 
   def score(name: str, content: bytes, reference: export.ExportSource, **extra) -> None:

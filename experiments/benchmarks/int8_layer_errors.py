@@ -29,10 +29,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from int8_gap import FILL  # noqa: E402
+from int8_gap import export_form  # noqa: E402
 
 from mobilebert_jax import export  # noqa: E402
-from mobilebert_jax.export import api, calibration, saved_model  # noqa: E402
+from mobilebert_jax.export import saved_model  # noqa: E402
 
 
 def main() -> None:
@@ -48,10 +48,7 @@ def main() -> None:
   source = export.resolve_source(args.workdir)
   if not source.config.quantization_aware:
     parser.error(f"{args.workdir} is not a quantization-aware run")
-  exported = source.with_config(quantization_export=True, masked_attention_logit=FILL)
-  signature = api.signature_for(exported.module, 4)
-  seq_len = api._seq_len(source, None)
-  samples = calibration.representative_inputs(source, signature, seq_len, args.calibration_steps)
+  exported, signature, seq_len, samples = export_form(source, args.calibration_steps)
   with tempfile.TemporaryDirectory(prefix="int8_layer_errors_") as scratch:
     saved_model.save(
       exported, scratch, signature, seq_len, batch_size=1, with_gradient=False, platforms=("cpu",)
