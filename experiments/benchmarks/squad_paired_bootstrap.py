@@ -92,7 +92,9 @@ def main() -> None:
 
   dev_file = DEV_FILE
   if args.extra_dev_paragraphs:
-    dev_file = os.path.splitext(args.output)[0] + "_dev.json"
+    # Regenerated on every run (the generator is deterministic), so kept out of the results.
+    name = os.path.splitext(os.path.basename(args.output))[0] + "_dev.json"
+    dev_file = os.path.join(tempfile.gettempdir(), name)
     write_extra_dev(dev_file, args.extra_dev_paragraphs)
   with open(dev_file, encoding="utf-8") as f:
     gold = {
