@@ -138,7 +138,10 @@ def main() -> None:
   args = parser.parse_args()
   import tensorflow as tf
 
-  source = export.resolve_source(args.workdir)
+  try:
+    source = export.resolve_source(args.workdir)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e).splitlines()[0])
   if not source.config.quantization_aware:
     parser.error(f"{args.workdir} is not a quantization-aware run")
   exported, signature, seq_len, samples = export_form(source, args.calibration_steps)

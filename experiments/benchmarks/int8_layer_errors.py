@@ -25,14 +25,13 @@ import os
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+# int8_gap (beside this file) puts the repository on the path for the imports below.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from int8_gap import export_form  # noqa: E402
+from int8_gap import export_form
 
-from mobilebert_jax import export  # noqa: E402
-from mobilebert_jax.export import saved_model  # noqa: E402
+from mobilebert_jax import export
+from mobilebert_jax.export import saved_model
 
 
 def main() -> None:
@@ -45,7 +44,10 @@ def main() -> None:
   args = parser.parse_args()
   import tensorflow as tf
 
-  source = export.resolve_source(args.workdir)
+  try:
+    source = export.resolve_source(args.workdir)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e).splitlines()[0])
   if not source.config.quantization_aware:
     parser.error(f"{args.workdir} is not a quantization-aware run")
   exported, signature, seq_len, samples = export_form(source, args.calibration_steps)
@@ -61,7 +63,8 @@ def main() -> None:
     debugger = tf.lite.experimental.QuantizationDebugger(
       converter=converter, debug_dataset=lambda: iter(positional)
     )
-    # The debugger feeds inputs by position, in the converted model's order (not by name).
+    # The debugger feeds inputs by position, in the converted model's order (not by name); TF
+    # 2.20 exposes that order only on its private interpreter.
     order = [d["name"] for d in debugger._quant_interpreter.get_input_details()]
     for sample in samples[: args.debug_examples]:
       positional.append([next(v for k, v in sample.items() if k in name) for name in order])
