@@ -274,6 +274,28 @@ def test_calibration_sets_each_range_to_the_float_values_it_sees():
     quantization.calibrate_ranges(model, variables["params"], variables[quantization.RANGES], [])
 
 
+def test_calibration_keeps_the_task_heads_logit_range():
+  """With `tflite` points the QA logits keep [-6, 6]; the encoder's output ranges calibrate."""
+  ids, mask = inputs()
+  model = tiny_model(quantization_aware=True, quantization_points="tflite")
+  variables = model.init(jax.random.key(0), ids, mask)
+  # Large kernels: the float QA logits well beyond [-6, 6].
+  params = jax.tree.map(lambda x: 30.0 * x if x.ndim >= 2 else x, variables["params"])
+  logits = tiny_model(masked_attention_logit=-6.0).apply({"params": params}, ids, mask)
+  assert np.abs(np.asarray(logits.start_logits)).max() > 6.0
+  ranges = quantization.learned_ranges(
+    {
+      quantization.RANGES: quantization.calibrate_ranges(
+        model, params, variables[quantization.RANGES], [{"input_ids": ids, "attention_mask": mask}]
+      )
+    }
+  )
+  assert ranges.pop("qa_outputs/output_quant") == (-6.0, 6.0)
+  outputs = [bounds for path, bounds in ranges.items() if path.endswith("output_quant")]
+  assert len(outputs) == 2 * 11 + 1
+  assert (-6.0, 6.0) not in outputs  # each at its float values' min and max
+
+
 def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
   """`quantization_points="tflite"`: every Dense output gets a range; probabilities are k/256."""
   ids, mask = inputs()
@@ -299,13 +321,11 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
     lambda path, x: 8.0 * x if {"query", "key"} & {getattr(k, "key", None) for k in path} else x,
     params,
   )
-  logit_ranges = {"min": jnp.float32(-6.0), "max": jnp.float32(60.0)}
-  sharp_ranges = jax.tree_util.tree_map_with_path(
-    lambda path, x: logit_ranges[path[-1].key] if "logits_quant" in str(path) else x,
-    variables[quantization.RANGES],
-  )
+  # The logits' ranges start at the whole clip [-6, 60], every other one at [-6, 6].
+  for path, bounds in ranges.items():
+    assert bounds == ((-6.0, 60.0) if "logits_quant" in path else (-6.0, 6.0)), path
   out, state = tflite.apply(
-    {"params": sharper, quantization.RANGES: sharp_ranges},
+    {"params": sharper, quantization.RANGES: variables[quantization.RANGES]},
     ids,
     mask,
     output_attentions=True,
@@ -316,7 +336,7 @@ def test_tflite_points_add_dense_outputs_and_the_softmax_grid():
     grid = 256.0 * np.asarray(probabilities)
     np.testing.assert_allclose(grid, np.round(grid), atol=2e-4)
     assert grid.max() <= 255.0 + 2e-4
-  # The softmax's input, with the logits' ranges at the whole clip [-6, 60]: on its int8 grid
+  # The softmax's input, with the logits' ranges at their initial [-6, 60]: on its int8 grid
   # (scale 66/255, zero point 23: the nudged range [-5.953, 60.047]), padded keys at -6.
   logits = jax.tree.leaves(state["intermediates"])
   assert len(logits) == 2

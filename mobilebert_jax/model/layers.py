@@ -281,7 +281,12 @@ class Dense(nn.Module):
       and self.dot_general is None
     ):
       # A full-integer TFLite model requantizes every fully connected output to int8.
-      y = quantization.ActivationQuantizer(self.config.quantization_export, name="output_quant")(y)
+      # A task head's logits keep their initial range under calibration (calibrate_ranges).
+      y = quantization.ActivationQuantizer(
+        self.config.quantization_export,
+        calibrate=self.kernel_axes[-1] != "classes",
+        name="output_quant",
+      )(y)
     return y
 
 
