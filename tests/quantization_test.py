@@ -274,26 +274,34 @@ def test_calibration_sets_each_range_to_the_float_values_it_sees():
     quantization.calibrate_ranges(model, variables["params"], variables[quantization.RANGES], [])
 
 
-def test_calibration_keeps_the_task_heads_logit_range():
-  """With `tflite` points the QA logits keep [-6, 6]; the encoder's output ranges calibrate."""
+def test_task_head_logit_ranges_stop_at_their_floor():
+  """With `tflite` points the QA logits' range ends at -32 in calibration and in training."""
   ids, mask = inputs()
   model = tiny_model(quantization_aware=True, quantization_points="tflite")
   variables = model.init(jax.random.key(0), ids, mask)
-  # Large kernels: the float QA logits well beyond [-6, 6].
-  params = jax.tree.map(lambda x: 30.0 * x if x.ndim >= 2 else x, variables["params"])
+  # Large kernels: float QA logits far below the floor, and other outputs beyond [-6, 6].
+  params = jax.tree.map(lambda x: 200.0 * x if x.ndim >= 2 else x, variables["params"])
   logits = tiny_model(masked_attention_logit=-6.0).apply({"params": params}, ids, mask)
-  assert np.abs(np.asarray(logits.start_logits)).max() > 6.0
-  ranges = quantization.learned_ranges(
-    {
-      quantization.RANGES: quantization.calibrate_ranges(
-        model, params, variables[quantization.RANGES], [{"input_ids": ids, "attention_mask": mask}]
-      )
-    }
+  assert np.asarray(logits.start_logits).min() < 2 * quantization.TASK_LOGIT_FLOOR
+  ranges = quantization.calibrate_ranges(
+    model, params, variables[quantization.RANGES], [{"input_ids": ids, "attention_mask": mask}]
   )
-  assert ranges.pop("qa_outputs/output_quant") == (-6.0, 6.0)
-  outputs = [bounds for path, bounds in ranges.items() if path.endswith("output_quant")]
-  assert len(outputs) == 2 * 11 + 1
-  assert (-6.0, 6.0) not in outputs  # each at its float values' min and max
+  calibrated = quantization.learned_ranges({quantization.RANGES: ranges})
+  assert calibrated["qa_outputs/output_quant"][0] == quantization.TASK_LOGIT_FLOOR
+  assert calibrated["qa_outputs/output_quant"][1] > 0.0
+  outputs = [low for path, (low, _) in calibrated.items() if path.endswith("output_quant")]
+  assert min(outputs) < 2 * quantization.TASK_LOGIT_FLOOR  # only the head has a floor
+
+  # A training step moves the minimum towards the floor, not towards the batch minimum.
+  _, state = model.apply(
+    {"params": params, quantization.RANGES: variables[quantization.RANGES]},
+    ids,
+    mask,
+    mutable=[quantization.RANGES],
+  )
+  low, _ = quantization.learned_ranges(state)["qa_outputs/output_quant"]
+  expected = quantization.ema_update(np.float32(-6.0), np.float32(quantization.TASK_LOGIT_FLOOR))
+  np.testing.assert_allclose(low, expected, rtol=1e-6)
 
 
 def test_tflite_points_add_dense_outputs_and_the_softmax_grid():

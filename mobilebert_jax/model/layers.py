@@ -281,10 +281,11 @@ class Dense(nn.Module):
       and self.dot_general is None
     ):
       # A full-integer TFLite model requantizes every fully connected output to int8.
-      # A task head's logits keep their initial range under calibration (calibrate_ranges).
+      # A task head's logits: on a range no lower than the floor (quantization.TASK_LOGIT_FLOOR).
+      task_logits = self.kernel_axes[-1] == "classes"
       y = quantization.ActivationQuantizer(
         self.config.quantization_export,
-        calibrate=self.kernel_axes[-1] != "classes",
+        floor=quantization.TASK_LOGIT_FLOOR if task_logits else None,
         name="output_quant",
       )(y)
     return y

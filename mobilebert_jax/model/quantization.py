@@ -61,6 +61,14 @@ INIT_MIN = -6.0
 INIT_MAX = 6.0
 # The original clips the masked attention logits to this range before the softmax.
 ATTENTION_LOGIT_RANGE = (-6.0, 60.0)
+# The lowest value a task head's logits are quantized to (`quantization_points="tflite"`). A
+# float QA model pushes losing positions' logits without bound (the SQuAD demo's question
+# tokens reach -1,000, its answers +26): a range that follows them leaves int8 steps of
+# several logits where answers are chosen among near ties, and the int8 file then picks other
+# answers than its QAT model (experiments/2026-12-06_int8_accuracy). Answers' and classes'
+# winning logits are positive, so a logit below -32 trails the winner by more than 32 (a
+# softmax weight under e^-32): clamping there changes no prediction whose best logit is >= 0.
+TASK_LOGIT_FLOOR = -32.0
 # TFLite's int8 softmax output: scale 1/256, zero point -128, so [0, 255/256].
 SOFTMAX_OUTPUT_MAX = 255.0 / 256.0
 
@@ -227,13 +235,13 @@ class ActivationQuantizer(nn.Module):
     export: clip instead of quantizing (the form handed to TFLite's converter).
     init_range: the range before the first update: the original's [-6, 6], or the known bounds
       of a tensor that is clipped before it (the attention logits).
-    calibrate: whether calibration sets this range (False: it keeps `init_range`; a task
-      head's logits, see `calibrate_ranges`).
+    floor: the range never extends below this (None: no bound); values below it are clamped
+      to the range's minimum like any other out-of-range value (`TASK_LOGIT_FLOOR`).
   """
 
   export: bool = False
   init_range: tuple[float, float] = (INIT_MIN, INIT_MAX)
-  calibrate: bool = True
+  floor: float | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -242,22 +250,22 @@ class ActivationQuantizer(nn.Module):
     minimum = self.variable(RANGES, "min", lambda: jnp.float32(init_min))
     maximum = self.variable(RANGES, "max", lambda: jnp.float32(init_max))
     if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
-      if self.is_mutable_collection(RANGES) and not self.calibrate:
-        minimum.value = jnp.float32(init_min)
-        maximum.value = jnp.float32(init_max)
-      elif self.is_mutable_collection(RANGES):
+      if self.is_mutable_collection(RANGES):
         values = jax.lax.stop_gradient(x.astype(jnp.float32))
-        minimum.value = jnp.minimum(minimum.value, jnp.min(values))
+        minimum.value = self._floored(jnp.minimum(minimum.value, jnp.min(values)))
         maximum.value = jnp.maximum(maximum.value, jnp.max(values))
       return x
     if self.is_mutable_collection(RANGES) and not self.is_initializing():
       values = jax.lax.stop_gradient(x.astype(jnp.float32))
-      minimum.value = ema_update(minimum.value, jnp.minimum(jnp.min(values), 0.0))
+      minimum.value = ema_update(minimum.value, self._floored(jnp.minimum(jnp.min(values), 0.0)))
       maximum.value = ema_update(maximum.value, jnp.maximum(jnp.max(values), 0.0))
     if self.export:
       nudged_min, nudged_max, _, _ = nudged_range(minimum.value, maximum.value, exact=False)
       return jnp.clip(x.astype(jnp.float32), nudged_min, nudged_max).astype(x.dtype)
     return fake_quant(x, minimum.value, maximum.value)
+
+  def _floored(self, value: Array) -> Array:
+    return value if self.floor is None else jnp.maximum(value, np.float32(self.floor))
 
 
 class FakeQuantDotGeneral(nn.Module):
@@ -407,12 +415,7 @@ def calibrate_ranges(
   weights and activations unquantized) keeps the float model's function at step 0; the moving
   averages then take over as usual. The attention probabilities keep their fixed grid.
 
-  Two kinds of range are not calibrated. A task head's logits (`calibrate=False`, the output
-  of a `Dense` onto "classes") keep [-6, 6]: the float model's losing positions reach logits
-  of -1,000 (the SQuAD demo's question tokens; its answers +26), and a range stretched over
-  them leaves int8 steps of several logits where the answer is chosen among near ties (the
-  int8 file of such a run lost 1.4 F1: experiments/2026-12-06_int8_accuracy). The moving
-  average widens them as training needs.
+  A range with a `floor` (a task head's logits) is calibrated down to its floor only.
 
   Args:
     model: a quantization-aware model.
@@ -421,8 +424,8 @@ def calibrate_ranges(
     batches: model keyword inputs (`input_ids`, `attention_mask`, ...), one dict per batch.
 
   Returns:
-    The `RANGES` collection: per calibrated point [min(0, smallest value), max(0, largest
-    value)]; the others at their initial range.
+    The `RANGES` collection: per point [min(0, smallest value), max(0, largest value)], the
+    minimum no lower than the point's floor.
 
   Raises:
     ValueError: `batches` is empty.
