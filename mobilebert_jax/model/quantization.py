@@ -15,9 +15,10 @@ The recipe (docs/quantization.md, spec §10, google-research `mobilebert/modelin
   (zeroed, then filled) before clipping them to [-6, 60], and the attention context.
 
 With `quantization_points="tflite"` (beyond the original) every `Dense` output is also
-fake-quantized on its own moving-average range, the attention probabilities on TFLite's
-fixed int8 softmax grid, and the attention logits quantized once, after their [-6, 60] clip
-(on its own moving-average range), in place of the original's two ranges before the clip: the
+fake-quantized on its own moving-average range (a task head's logits on one that stops at
+`TASK_LOGIT_FLOOR`), the attention probabilities on TFLite's fixed int8 softmax grid, and the
+attention logits quantized once, after their [-6, 60] clip (on its own moving-average range),
+in place of the original's two ranges before the clip: the
 int8 tensors of a full-integer TFLite model where the original recipe simulates none or others
 (experiments/2026-12-06_int8_accuracy measured what they cost).
 
@@ -65,9 +66,9 @@ ATTENTION_LOGIT_RANGE = (-6.0, 60.0)
 # float QA model pushes losing positions' logits without bound (the SQuAD demo's question
 # tokens reach -1,000, its answers +26): a range that follows them leaves int8 steps of
 # several logits where answers are chosen among near ties, and the int8 file then picks other
-# answers than its QAT model (experiments/2026-12-06_int8_accuracy). Answers' and classes'
-# winning logits are positive, so a logit below -32 trails the winner by more than 32 (a
-# softmax weight under e^-32): clamping there changes no prediction whose best logit is >= 0.
+# answers than its QAT model (experiments/2026-12-06_int8_accuracy). Clamping at -32 leaves
+# every argmax whose winning logit is above -32 as it was (the demo's answers: +10 to +26),
+# and a clamped logit of a winner >= 0 keeps a softmax weight under e^-32 of the winner's.
 TASK_LOGIT_FLOOR = -32.0
 # TFLite's int8 softmax output: scale 1/256, zero point -128, so [0, 255/256].
 SOFTMAX_OUTPUT_MAX = 255.0 / 256.0
@@ -233,22 +234,18 @@ class ActivationQuantizer(nn.Module):
 
   Attributes:
     export: clip instead of quantizing (the form handed to TFLite's converter).
-    init_range: the range before the first update: the original's [-6, 6], or the known bounds
-      of a tensor that is clipped before it (the attention logits).
     floor: the range never extends below this (None: no bound); values below it are clamped
       to the range's minimum like any other out-of-range value (`TASK_LOGIT_FLOOR`).
   """
 
   export: bool = False
-  init_range: tuple[float, float] = (INIT_MIN, INIT_MAX)
   floor: float | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Args: x: any-shaped activation. Returns: the same shape and dtype."""
-    init_min, init_max = (np.float32(bound) for bound in self.init_range)
-    minimum = self.variable(RANGES, "min", lambda: jnp.float32(init_min))
-    maximum = self.variable(RANGES, "max", lambda: jnp.float32(init_max))
+    minimum = self.variable(RANGES, "min", lambda: jnp.float32(INIT_MIN))
+    maximum = self.variable(RANGES, "max", lambda: jnp.float32(INIT_MAX))
     if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
       if self.is_mutable_collection(RANGES):
         values = jax.lax.stop_gradient(x.astype(jnp.float32))
@@ -361,11 +358,7 @@ class AttentionScoreQuantizer(nn.Module):
       scores = jnp.clip(
         jnp.where(mask, scores, np.float32(fill)), np.float32(low), np.float32(high)
       )
-      # Starting at the clip's bounds rather than [-6, 6]: a range narrower than the clip
-      # would flatten every attention sharper than logit 6 until the average caught up.
-      return ActivationQuantizer(
-        self.export, init_range=ATTENTION_LOGIT_RANGE, name="logits_quant"
-      )(scores)
+      return ActivationQuantizer(self.export, name="logits_quant")(scores)
     # The original multiplies by the 0/1 mask, quantizes, adds (1 - mask) * fill and quantizes.
     scores = ActivationQuantizer(self.export, name="masked_quant")(jnp.where(mask, scores, 0.0))
     scores = ActivationQuantizer(self.export, name="filled_quant")(
