@@ -175,6 +175,17 @@ def softmax_input_grids(tflite_file) -> list[tuple[float, int]]:
   return grids
 
 
+def int8_tensor_scales(tflite_file) -> list[float]:
+  """The scale of every per-tensor quantized tensor of a .tflite file."""
+  from tensorflow.lite.tools import flatbuffer_utils
+
+  graph = flatbuffer_utils.read_model(str(tflite_file)).subgraphs[0]
+  stats = [t.quantization for t in graph.tensors]
+  return [
+    float(q.scale[0]) for q in stats if q is not None and q.scale is not None and len(q.scale) == 1
+  ]
+
+
 @pytest.mark.parametrize("points", ["original", "tflite"])
 def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points):
   """A QAT model's full-integer export runs in the export form without being asked to."""
@@ -193,6 +204,25 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points
       {"params": params, quantization.RANGES: ranges}, ids, mask, segments, mutable=True
     )
     ranges = updated[quantization.RANGES]
+  # Wider than what the calibration inputs reach, so that the file's grids are the learned
+  # ranges only if the exporter writes them (calibration alone finds the data's narrower
+  # ones): 20-80% wider, a different width at each point, and the logits' last range before
+  # the softmax [-6, 10 + 10 * layer].
+  last = "logits_quant" if points == "tflite" else "filled_quant"
+
+  points_seen: list[str] = []
+
+  def widened(path, bound):
+    keys = [k.key for k in path]
+    if keys[-2] == last:
+      layer = int(next(k for k in keys if k.startswith("layer_")).removeprefix("layer_"))
+      return jnp.float32(-6.0 if keys[-1] == "min" else 10.0 + 10.0 * layer)
+    point = "/".join(keys[:-1])
+    if point not in points_seen:
+      points_seen.append(point)
+    return (1.2 + 0.01 * points_seen.index(point)) * bound  # a different width at each point
+
+  ranges = jax.tree_util.tree_map_with_path(widened, ranges)
   source = ExportSource(
     module, {"params": params, quantization.RANGES: ranges}, config, "tiny QAT", "weights"
   )
@@ -208,6 +238,7 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points
   report = result.report
   assert report["learned_ranges"] is True and report["integer_only"] is True
   assert report["collections"] == [quantization.RANGES]
+  assert report["learned_ranges_written"] > 2 * TINY.num_hidden_layers
 
   # The comparison ran against the export form (clips), which differs from the QAT model
   # (rounding); the int8 file is close to the former.
@@ -220,17 +251,27 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points
   print(f"QAT int8: max relative error {error:.3g} against the export form")
   assert 0 < error < 0.5
   # The converter fuses scaling, fill and the [-6, 60] clip into the softmax's int8 input, on
-  # the last range before it inside the clip: the "tflite" points' one range after the clip
-  # (what they train on), or the original's filled range (its masked range in between is gone).
+  # the last learned range before it inside the clip: the "tflite" points' one range after the
+  # clip (what they train on), or the original's filled range (its masked range is gone).
   learned = quantization.learned_ranges({quantization.RANGES: ranges})
-  last = "logits_quant" if points == "tflite" else "filled_quant"
   expected = []
   for layer in range(TINY.num_hidden_layers):
     low, high = learned[f"mobilebert/encoder/layer_{layer}/attention/scores/{last}"]
-    low, high = max(low, -6.0), min(high, 60.0)
+    # The export form clips to the nudged range (0 on the grid), then to [-6, 60].
+    low, high, _, _ = quantization.nudged_range(np.float32(low), np.float32(high), exact=False)
+    low, high = max(float(low), -6.0), min(float(high), 60.0)
     expected.append(pytest.approx((high - low) / 255, rel=1e-3))
   grids = softmax_input_grids(tmp_path / "model.tflite")
   assert [scale for scale, _ in grids] == expected
+  # Every learned range is a grid of the file, where calibration would have found the narrower
+  # range of the data (NoNorm's γ and β clips fold into constants, so not every one is seen).
+  scales = int8_tensor_scales(tmp_path / "model.tflite")
+  found = 0
+  for low, high in learned.values():
+    low, high, _, _ = quantization.nudged_range(np.float32(low), np.float32(high), exact=False)
+    found += any(abs(scale * 255 / float(high - low) - 1) < 1e-3 for scale in scales)
+  print(f"{found} of {len(learned)} learned ranges are grids of the file")
+  assert found > len(learned) // 2  # (under a tenth without writing them)
   assert expected[0] != expected[1] and any(e != 66 / 255 for e in expected)
 
 

@@ -6,9 +6,11 @@ the int8 file another way from the same export form (`quantization_export=True`,
 and scoring it on the task's dev set with the export's own evaluation:
 
 1. *Ranges*: the converter calibrates every tensor's range instead of taking the learned one.
-   Probe: calibrate only (`_experimental_calibrate_only`), overwrite the recorded min/max of
-   every clip `MINIMUM(MAXIMUM(x, lo), hi)` (and of `x` where the clip is its only reader) with
-   its constants, i.e. the learned range, then quantize (`mlir_quantize`, as the converter does).
+   Probe: the file with calibrated ranges (the converter alone: "calibrated_ranges") against
+   the file with every clip's bounds, the learned ranges, written in by
+   `mobilebert_jax.export.tflite_ranges` ("learned_ranges"). This probe found that the
+   calibrated ranges cost a QAT model with wide ranges 3 F1, and the exporter now writes the
+   learned ranges itself (experiments/2026-12-06_int8_accuracy).
 2. *Weights*: the converter re-quantizes float kernels per channel, not on the per-tensor
    symmetric grid QAT trained with. Probe: export the kernels already on that grid
    (`quantization.quantize_weight`) and quantize them per tensor, which keeps them exactly.
@@ -37,7 +39,13 @@ sys.path.insert(0, REPO)
 from flax import traverse_util  # noqa: E402
 
 from mobilebert_jax import export  # noqa: E402
-from mobilebert_jax.export import api, calibration, runners, saved_model  # noqa: E402
+from mobilebert_jax.export import (  # noqa: E402
+  api,
+  calibration,
+  runners,
+  saved_model,
+  tflite_ranges,
+)
 from mobilebert_jax.model import quantization  # noqa: E402
 
 FILL = -6.0
@@ -67,50 +75,6 @@ def quantize(tf, calibrated: bytes, per_tensor: bool = False, denylisted_ops=())
   )
 
 
-def with_learned_ranges(calibrated: bytes) -> tuple[bytes, int]:
-  """Overwrites the calibrated min/max of every clip with its constant bounds."""
-  from tensorflow.lite.python import schema_py_generated as schema
-  from tensorflow.lite.tools import flatbuffer_utils
-
-  model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-  graph = model.subgraphs[0]
-  codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-  def op_type(op) -> str:
-    return codes[model.operatorCodes[op.opcodeIndex].builtinCode]
-
-  def scalar(index: int) -> float | None:
-    data = model.buffers[graph.tensors[index].buffer].data
-    values = None if data is None else np.frombuffer(bytes(data), np.float32)
-    return float(values[0]) if values is not None and values.size == 1 else None
-
-  def set_range(index: int, low: float, high: float) -> None:
-    stats = graph.tensors[index].quantization
-    stats.min, stats.max = np.array([low], np.float32), np.array([high], np.float32)
-
-  readers: dict[int, list[int]] = {}
-  for k, op in enumerate(graph.operators):
-    for i in op.inputs:
-      readers.setdefault(i, []).append(k)
-  clips = 0
-  for k, op in enumerate(graph.operators):
-    if op_type(op) != "MAXIMUM" or scalar(op.inputs[1]) is None:
-      continue
-    after = readers.get(op.outputs[0], [])
-    if len(after) != 1 or op_type(graph.operators[after[0]]) != "MINIMUM":
-      continue
-    minimum = graph.operators[after[0]]
-    low, high = scalar(op.inputs[1]), scalar(minimum.inputs[1])
-    if high is None:
-      continue
-    set_range(op.outputs[0], low, high)
-    set_range(minimum.outputs[0], low, high)
-    if readers.get(op.inputs[0]) == [k]:
-      set_range(op.inputs[0], low, high)
-    clips += 1
-  return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), clips
-
-
 def on_weight_grid(source: export.ExportSource) -> export.ExportSource:
   """Every Dense kernel rounded to the symmetric per-tensor grid QAT trained it on."""
   flat = traverse_util.flatten_dict(source.variables["params"])
@@ -135,6 +99,12 @@ def main() -> None:
   parser.add_argument("workdir", help="a QAT fine-tuning workdir")
   parser.add_argument("--calibration_steps", type=int, default=100)
   parser.add_argument("--output", required=True)
+  parser.add_argument(
+    "--files_dir",
+    default="",
+    help="keep every probe's .tflite file here (e.g. to score it on a larger dev set with "
+    "squad_paired_bootstrap.py); default: a temporary directory",
+  )
   args = parser.parse_args()
   import tensorflow as tf
 
@@ -148,7 +118,7 @@ def main() -> None:
   results: dict[str, dict] = {}
 
   def score(name: str, content: bytes, reference: export.ExportSource, **extra) -> None:
-    path = os.path.join(scratch, f"{name}.tflite")
+    path = os.path.join(args.files_dir or scratch, f"{name}.tflite")
     with open(path, "wb") as f:
       f.write(content)
     runner = runners.TfliteRunner(path, num_threads=1)
@@ -173,7 +143,7 @@ def main() -> None:
       if name == "export_form":
         calibrated = calibrated_model(tf, directory, samples)
         score("calibrated_ranges", quantize(tf, calibrated), form)
-        overridden, clips = with_learned_ranges(calibrated)
+        overridden, clips = tflite_ranges.with_clip_ranges(calibrated)
         score("learned_ranges", quantize(tf, overridden), form, clips=clips)
         for op in OP_TYPES:
           score(f"float_{op.lower()}", quantize(tf, calibrated, denylisted_ops=[op]), form)

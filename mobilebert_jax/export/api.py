@@ -180,7 +180,12 @@ def export_model(
       samples = list(samples)
       calibrated = len(samples)
     converted = tflite.convert(
-      exported, signature, seq_len, quantize=quantize, representative_inputs=samples
+      exported,
+      signature,
+      seq_len,
+      quantize=quantize,
+      representative_inputs=samples,
+      clip_ranges=learned_ranges,
     )
     integer_only = converted.integer_only
     path = os.path.join(out_dir, tflite.FILE_NAME)
@@ -208,6 +213,8 @@ def export_model(
   if format == "tflite" and quantize == "int8":
     contents["integer_only"] = integer_only
     contents["learned_ranges"] = learned_ranges
+    if converted.clip_ranges is not None:
+      contents["learned_ranges_written"] = converted.clip_ranges
     # The examples actually used: a task with fewer training features than asked uses all.
     contents["calibration_steps"] = calibrated
     contents["calibration_data"] = (
@@ -290,9 +297,10 @@ def _uses_learned_ranges(source: ExportSource, quantize: str) -> bool:
   """Whether a full-integer export takes its activation ranges from quantization-aware training.
 
   A QAT model's fake quantizations round to ranges the converter cannot read; in the export form
-  (`quantization_export`) each becomes a clip to its learned range, so that calibration finds
-  at most those ranges (docs/quantization.md). Float and dynamic-range exports keep the model as
-  it was trained, fake quantization included, so they match the JAX QAT model's outputs.
+  (`quantization_export`) each becomes a clip to its learned range, and the clips' bounds are
+  written into the file as those tensors' int8 ranges (`tflite_ranges`, docs/quantization.md).
+  Float and dynamic-range exports keep the model as it was trained, fake quantization included,
+  so they match the JAX QAT model's outputs.
   """
   return quantize == "int8" and source.config.quantization_aware
 

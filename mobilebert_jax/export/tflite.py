@@ -17,6 +17,8 @@ Quantization, as the original `run_squad.py` offers it:
   features in the original). Only integer kernels are allowed; should the converter refuse an
   op, float kernels are allowed for it and the result says so (`integer_only=False`). The model
   keeps int32 inputs and float32 outputs, so callers feed and read it like the float model.
+  For a QAT model's export form (`clip_ranges`) every clip's bounds, its learned range, become
+  that tensor's int8 range instead of the calibrated min/max (`tflite_ranges` says why).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from mobilebert_jax.export import deps, saved_model
+from mobilebert_jax.export import deps, saved_model, tflite_ranges
 from mobilebert_jax.export.signatures import Signature
 from mobilebert_jax.export.sources import ExportSource
 
@@ -44,10 +46,12 @@ class Converted:
   Attributes:
     content: the .tflite flatbuffer.
     integer_only: for "int8", whether every kernel is integer (None for the other modes).
+    clip_ranges: for "int8" with `clip_ranges`, how many clips gave their tensors' ranges.
   """
 
   content: bytes
   integer_only: bool | None = None
+  clip_ranges: int | None = None
 
 
 def convert(
@@ -57,6 +61,7 @@ def convert(
   *,
   quantize: str = "none",
   representative_inputs: Iterable[Mapping[str, np.ndarray]] | None = None,
+  clip_ranges: bool = False,
 ) -> Converted:
   """Converts the model to a .tflite flatbuffer with static [1, seq_len] inputs.
 
@@ -67,6 +72,8 @@ def convert(
     quantize: one of `QUANTIZATIONS`.
     representative_inputs: for "int8", calibration inputs keyed by the signature's input names,
       each of the static input shape (e.g. [1, T] int32).
+    clip_ranges: for "int8", take every constant clip's bounds as its tensors' int8 range
+      (the learned ranges of a QAT model's export form) instead of the calibrated min/max.
 
   Returns:
     The flatbuffer and how it was quantized.
@@ -96,18 +103,27 @@ def convert(
         c.representative_dataset = lambda: iter(samples)
       return c
 
+    def full_integer(supported_ops) -> Converted:
+      c = converter()
+      c.target_spec.supported_ops = supported_ops
+      if not clip_ranges:
+        content = c.convert()
+        return Converted(content, tflite_ranges.integer_only(content))
+      # The converter's two halves (TF 2.20 `TFLiteConverter._quantize`), the ranges set between.
+      from tensorflow.lite.python import convert as tf_convert
+
+      c._experimental_calibrate_only = True
+      calibrated, clips = tflite_ranges.with_clip_ranges(c.convert())
+      content = tf_convert.mlir_quantize(
+        calibrated, input_data_type=tf.float32, output_data_type=tf.float32
+      )
+      return Converted(content, tflite_ranges.integer_only(content), clips)
+
     with deps.quiet_tensorflow():
       if quantize != "int8":
         return Converted(converter().convert())
-      strict = converter()
-      strict.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
       try:
-        return Converted(strict.convert(), integer_only=True)
+        return full_integer([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
       except Exception as e:  # the converter raises its own ConverterError for unquantizable ops
         logging.warning("no integer-only conversion (%s); allowing float kernels", e)
-        mixed = converter()
-        mixed.target_spec.supported_ops = [
-          tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-          tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-        return Converted(mixed.convert(), integer_only=False)
+        return full_integer([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
