@@ -48,9 +48,9 @@ meanings:
   qat_calibration_batches   0 (default): a quantization-aware run starts its activation ranges
                    at [-6, 6], as the original QAT. N: at the min/max of the `init_from` float
                    model over the first N training batches (post-training calibration), so the
-                   first QAT steps do not clip what the float model computes. For short QAT
-                   runs: the ranges start at the float model's extremes, and on long runs a
-                   range kept that wide (the QA logits') cost the int8 file (docs/quantization.md).
+                   first QAT steps do not clip what the float model computes; with
+                   `model.quantization_points="tflite"` it gave the best int8 files
+                   (docs/quantization.md).
   resume_step      resume from this step of the workdir's checkpoints (None: the newest one
                    that restores; a corrupt one is moved aside to `checkpoints.unreadable/`).
   log_every_steps  how often train metrics are fetched, checked and written.
