@@ -35,6 +35,7 @@ from mobilebert_jax.export import (  # noqa: E402
   export_model,
   resolve_source,
   runners,
+  tflite_ranges,
 )
 from mobilebert_jax.export.evaluation import relative_error, synthetic_inputs  # noqa: E402
 from mobilebert_jax.export.saved_model import variable_names  # noqa: E402
@@ -158,6 +159,9 @@ def test_quantized_tflite_runs_and_is_reported(qa_source, quantize, tmp_path):
     assert report["calibration_steps"] == 10 and report["calibration_data"] == "given by the caller"
   else:
     assert report["masked_attention_logit"] is None
+    # Read from the file: dynamic-range kernels take float activations.
+    content = (tmp_path / "model.tflite").read_bytes()
+    assert tflite_ranges.integer_only(content) is False
 
 
 def softmax_input_grids(tflite_file) -> list[tuple[float, int]]:
