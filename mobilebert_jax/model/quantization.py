@@ -18,8 +18,8 @@ With `quantization_points="tflite"` (beyond the original) every `Dense` output i
 fake-quantized on its own moving-average range (a task head's logits on one that stops at
 `TASK_LOGIT_FLOOR`), the attention probabilities on TFLite's fixed int8 softmax grid, and the
 attention logits quantized once, after their [-6, 60] clip (on its own moving-average range),
-in place of the original's two ranges before the clip: the
-int8 tensors of a full-integer TFLite model where the original recipe simulates none or others
+in place of the original's two ranges before the clip: the int8 tensors of a full-integer
+TFLite model where the original recipe simulates none or others
 (experiments/2026-12-06_int8_accuracy measured what they cost).
 
 Gradients are straight-through: 1 where the input lies inside the (nudged) range, 0 outside,
