@@ -73,6 +73,7 @@ def with_clip_ranges(calibrated: bytes) -> tuple[bytes, int]:
   # attention logits: a learned range and the model's [-6, 60] clip, in either order). In
   # graph order, so that an earlier clip's range is known when a later one reads it.
   written: dict[int, tuple[float, float]] = {}
+  clips = 0
   for k, op in enumerate(graph.operators):
     if names[k] != "MAXIMUM" or constant(op.inputs[1]) is None:
       continue
@@ -92,7 +93,8 @@ def with_clip_ranges(calibrated: bytes) -> tuple[bytes, int]:
     if readers.get(source) == [k]:
       set_range(source, low, high)
       written[source] = (low, high)
-  return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), len(written)
+    clips += 1
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), clips
 
 
 def integer_only(content: bytes) -> bool:
