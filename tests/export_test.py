@@ -210,8 +210,8 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points
     ranges = updated[quantization.RANGES]
   # Wider than what the calibration inputs reach, so that the file's grids are the learned
   # ranges only if the exporter writes them (calibration alone finds the data's narrower
-  # ones): 20-80% wider, a different width at each point, and the logits' last range before
-  # the softmax [-6, 10 + 10 * layer].
+  # ones): 1.2 to 2.3 times as wide, a different width at each point, and the logits' last
+  # range before the softmax [-6, 10 + 10 * layer].
   last = "logits_quant" if points == "tflite" else "filled_quant"
 
   points_seen: list[str] = []
@@ -267,8 +267,8 @@ def test_int8_export_of_a_qat_model_clips_to_its_learned_ranges(tmp_path, points
     expected.append(pytest.approx((high - low) / 255, rel=1e-3))
   grids = softmax_input_grids(tmp_path / "model.tflite")
   assert [scale for scale, _ in grids] == expected
-  # Every learned range is a grid of the file, where calibration would have found the narrower
-  # range of the data (NoNorm's γ and β clips fold into constants, so not every one is seen).
+  # The learned ranges are grids of the file, where calibration would have found the narrower
+  # ranges of the data (not all of them: e.g. NoNorm's γ and β clips fold into constants).
   scales = int8_tensor_scales(tmp_path / "model.tflite")
   found = 0
   for low, high in learned.values():
