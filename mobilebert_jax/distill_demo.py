@@ -1,9 +1,10 @@
 """The offline demonstration that distillation works (`python -m mobilebert_jax.distill --demo`).
 
 On real English text read at run time from installed packages (nothing is downloaded or
-committed): the 206 Wikipedia articles that ship in the `gensim` wheel (`pip install
-mobilebert-jax[demo]`), else CPython's own `pydoc_data.topics`. Articles are split 90/10 into
-training and held-out documents, then, with the project's own commands:
+committed): the Wikipedia sample that ships in the `gensim` wheel (206 pages, of which 99 are
+articles with prose; `pip install mobilebert-jax[demo]`), else CPython's own
+`pydoc_data.topics`. Articles are split 90/10 into training and held-out documents, then, with
+the project's own commands:
 
 1. a WordPiece vocabulary is trained on the training split;
 2. a small IB-BERT teacher (LayerNorm, one wide FFN) is pretrained with MLM + NSP;
