@@ -297,7 +297,7 @@ def distill_command(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
   ("args", "message"),
   [
-    (["--teacher=/no/such/teacher"], r"/no/such/teacher"),
+    (["--teacher=/no/such/teacher"], r"--teacher=/no/such/teacher does not exist"),
     (["--teacher=preset:ibbert-large"], r"has no weights"),
     (["--teacher=x", "--config.distill.strategi=joint"], r"Did you mean config\.distill\.strategy"),
     ([], r"--teacher is required"),

@@ -277,6 +277,21 @@ def vocab_in(*folders: str) -> str | None:
   return None
 
 
+def check_source_exists(source: str, flag: str) -> None:
+  """Raises if `source` is meant as a local path (not a hub id) and nothing is there.
+
+  Args:
+    source: a weights source as the user gave it.
+    flag: the command-line flag that gave it, for the message (e.g. "--teacher").
+
+  Raises:
+    FileNotFoundError: "`flag`=`source` does not exist".
+  """
+  looks_like_path = source.startswith((".", "~", os.sep)) or source.count("/") > 1
+  if looks_like_path and not os.path.exists(source):
+    raise FileNotFoundError(f"{flag}={source} does not exist")
+
+
 def find_vocab_file(config: ConfigDict, workdir: str) -> str:
   """The vocabulary to use (see the module docstring for the order).
 
@@ -301,9 +316,7 @@ def find_vocab_file(config: ConfigDict, workdir: str) -> str:
     beside = vocab_in(*look_in)
     if beside:
       return beside
-    looks_like_path = source.startswith((".", "~", os.sep)) or source.count("/") > 1
-    if looks_like_path and not os.path.exists(source):
-      raise FileNotFoundError(f"--init_from={source} does not exist")
+    check_source_exists(source, "--init_from")
     if not os.path.exists(source) and not os.path.exists(directory or source):
       return _hub_vocab(source)
   raise FileNotFoundError(

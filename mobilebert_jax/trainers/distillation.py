@@ -112,6 +112,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
 
+  # Checked here so that the message names the flag the user gave (the vocabulary search below
+  # sees the teacher as `init_from`).
+  initialization.check_source_exists(config.teacher, "--teacher")
   # The vocabulary: the config's, the workdir's, else the one beside the teacher's weights.
   vocab_config = config.copy_and_resolve_references()
   vocab_config.init_from = config.teacher
