@@ -2,14 +2,24 @@
 
     python experiments/benchmarks/distillation_seeds.py \
       --out=experiments/2026-12-06_distillation_demo --workdir=/tmp/distill_seeds \
-      --seeds=0,1,2 [--scale=demo|mid|hour|smoke]
+      --seeds=0,1,2 [--scale=demo|mid|hour|smoke] [--runs=teacher,0/scratch,...] [--report_only]
 
 One teacher (seed 0) is pretrained as `python -m mobilebert_jax.distill --demo` does; then, for
 each seed, the three students (scratch, pretraining distillation only, the full recipe) train
 with that seed's initialisation and batch order over the same instances and the same teacher.
-Writes `results.json` (per-seed held-out metrics, mean ± std, wall times), `mlm_accuracy.png`
-(held-out MLM accuracy against student updates, mean ± std over seeds) and
-`transfer_losses.png` (phase 1's four transfer terms of seed 0, stage boundaries marked).
+
+Every finished run is recorded under `OUT/runs/` (`teacher`, `seed0/scratch`, ...): its
+`metrics.jsonl` (phase 1's too) and `result.json` (held-out metrics, wall time). The teacher's
+record also holds its vocabulary and its final parameters as a parameters-only checkpoint that
+`--teacher` reads. So a comparison longer than one machine's life runs in parts (`--runs`
+names the runs of one invocation; two invocations with disjoint runs can share the cores), each
+part on a fresh machine once the records of the earlier parts are back in OUT, and the report
+is built from the records alone. Runs resume from their checkpoints in WORKDIR.
+
+The report: `results.json` (per-seed held-out metrics, mean ± std, wall times, median training
+rates), `mlm_accuracy.png` (held-out MLM accuracy against student updates, mean ± std over seeds)
+and `transfer_losses.png` (phase 1's four transfer terms of the first seed, stage boundaries
+marked). It is written once every run of `--seeds` has a record.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
+import time
 
 import matplotlib
 
@@ -30,6 +42,10 @@ from mobilebert_jax import distill_demo
 TERMS = ("feature", "attention", "mean", "variance")
 # Every seed's students learn from this one teacher.
 TEACHER_SEED = 0
+TEACHER = "teacher"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
 # Twice the demo's depth (where progressive transfer should start to matter) and twice its
 # updates: about 10 minutes for the teacher and 4-8 minutes per student arm on 2 CPU cores.
 MID_SIZES = dataclasses.replace(
@@ -61,27 +77,179 @@ SCALES = {
 }
 
 
-def read_records(workdir: str, key: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+# ----------------------------------------------------------------------------------------------
+# Running, and keeping a record of every finished run
+# ----------------------------------------------------------------------------------------------
+
+
+def record_dir(out: str, run: str) -> str:
+  return os.path.join(out, RUNS_DIR, run)
+
+
+def all_runs(seeds: list[int]) -> list[str]:
+  return [TEACHER] + [f"seed{s}/{arm}" for s in seeds for arm in distill_demo.ARMS]
+
+
+def parse_run(name: str) -> tuple[int, str]:
+  """ "seed1/scratch" or "1/scratch" -> (1, "scratch")."""
+  seed, _, arm = name.partition("/")
+  seed = seed.removeprefix("seed")
+  if not seed.isdigit() or arm not in distill_demo.ARMS:
+    arms = ", ".join(distill_demo.ARMS)
+    raise SystemExit(f"--runs: {name!r} is neither 'teacher' nor SEED/ARM (ARM: {arms})")
+  return int(seed), arm
+
+
+def teacher_source(
+  workdir: str, out: str, sizes: distill_demo.DemoSizes, *, vocabulary_only: bool = False
+) -> str:
+  """The finished teacher: the one trained in `workdir`, else the record's weights in `out`.
+
+  With `vocabulary_only`, a teacher still in training will do (it keeps its vocabulary from
+  its first step).
+  """
+  from mobilebert_jax.train import checkpointing, initialization
+
+  trained = os.path.join(workdir, TEACHER)
+  found = initialization.find_checkpoint(trained)
+  if found and checkpointing.read_metadata(found[0])["step"] == sizes.teacher_steps:
+    return trained
+  kept = record_dir(out, TEACHER)
+  if initialization.find_checkpoint(kept):
+    return kept
+  if vocabulary_only and os.path.exists(os.path.join(trained, "vocab.txt")):
+    return trained
+  raise SystemExit(f"no finished teacher in {trained} or {kept}: run --runs=teacher first")
+
+
+def prepare(workdir: str, seed: int, sizes: distill_demo.DemoSizes, teacher: str) -> tuple:
+  """(vocabulary, (train file, held-out file)) of one seed, the teacher's vocabulary kept."""
+  data_dir = os.path.join(workdir, f"seed{seed}", "data")
+  _, documents = distill_demo.english_documents(sizes.max_documents)
+  data = distill_demo.write_corpus(documents, data_dir)
+  return distill_demo.demo_vocabulary(data[0], sizes, data_dir, teacher), data
+
+
+def keep_run(run_dir: str, out_dir: str, held_out: dict, seconds: float) -> None:
+  """Copies a finished run's metrics into its record and writes its `result.json`."""
+  for sub in ("", "phase1"):
+    source = os.path.join(run_dir, sub, METRICS_FILE)
+    if os.path.exists(source):
+      os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+      shutil.copyfile(source, os.path.join(out_dir, sub, METRICS_FILE))
+  result = {
+    "held_out": held_out,
+    "wall_seconds": round(seconds, 1),
+    "load_average_at_end": os.getloadavg(),
+    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+  }
+  with open(os.path.join(out_dir, RESULT_FILE), "w") as f:
+    json.dump(result, f, indent=2)
+
+
+def keep_teacher_weights(teacher_dir: str, out_dir: str) -> None:
+  """Writes the teacher's final parameters (no optimizer state) and vocabulary into its record.
+
+  The step directory keeps the run's metadata (model config, task), so the copy loads wherever
+  one of our training checkpoints does (`--teacher`, `--init_from`); read back and compared.
+  """
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from flax import traverse_util
+
+  from mobilebert_jax.model.config import MobileBertConfig
+  from mobilebert_jax.model.models import MobileBertForPreTraining, abstract_params
+  from mobilebert_jax.train import checkpointing, initialization
+
+  root, _ = initialization.find_checkpoint(teacher_dir)
+  metadata = checkpointing.read_metadata(root)
+  step = str(metadata["step"])
+  config = MobileBertConfig.from_dict(metadata["model_config"], source="hf")
+  target = abstract_params(MobileBertForPreTraining(config))
+  params = checkpointing.load_params_from_checkpoint(root, target)
+
+  kept_root = os.path.join(out_dir, "checkpoints")
+  shutil.rmtree(kept_root, ignore_errors=True)
+  shutil.copytree(
+    os.path.join(root, step),
+    os.path.join(kept_root, step),
+    ignore=shutil.ignore_patterns(checkpointing.STATE_ITEM, checkpointing.DATA_ITEM),
+  )
+  ocp.PyTreeCheckpointer().save(
+    os.path.join(kept_root, step, checkpointing.STATE_ITEM), {"params": params}
+  )
+  shutil.copyfile(os.path.join(teacher_dir, "vocab.txt"), os.path.join(out_dir, "vocab.txt"))
+
+  reread = checkpointing.load_params_from_checkpoint(kept_root, target)
+  flat, flat_reread = (traverse_util.flatten_dict(t) for t in (params, reread))
+  assert flat.keys() == flat_reread.keys()
+  for path, value in flat.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_reread[path]), str(path))
+
+
+def train(run: str, workdir: str, out: str, sizes: distill_demo.DemoSizes) -> None:
+  """Trains one run (resuming from its checkpoint) and records it."""
+  # The trainers start JAX: import them only when a run trains.
+  from mobilebert_jax.trainers import distillation, pretraining
+
+  started = time.time()
+  if run == TEACHER:
+    teacher = os.path.join(workdir, TEACHER)
+    vocab, data = prepare(workdir, TEACHER_SEED, sizes, teacher)
+    config = distill_demo.teacher_config(sizes, vocab, data, TEACHER_SEED)
+    held_out = pretraining.train_and_evaluate(config, teacher)
+    keep_run(teacher, record_dir(out, run), held_out, time.time() - started)
+    keep_teacher_weights(teacher, record_dir(out, run))
+    return
+  seed, arm = parse_run(run)
+  # Scratch needs only the teacher's vocabulary (every arm shares its token ids), so it may run
+  # beside the teacher's training.
+  teacher = teacher_source(workdir, out, sizes, vocabulary_only=arm == "scratch")
+  vocab, data = prepare(workdir, seed, sizes, teacher)
+  run_dir = os.path.join(workdir, f"seed{seed}", arm)
+  if arm == "scratch":
+    config = distill_demo.scratch_config(sizes, vocab, data, seed)
+    held_out = pretraining.train_and_evaluate(config, run_dir)
+  else:
+    layer_wise = arm == "full_recipe"
+    config = distill_demo.distill_config(
+      sizes, vocab, data, teacher, layer_wise=layer_wise, seed=seed
+    )
+    held_out = distillation.train_and_evaluate(config, run_dir)
+  keep_run(run_dir, record_dir(out, f"seed{seed}/{arm}"), held_out, time.time() - started)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report, from the records
+# ----------------------------------------------------------------------------------------------
+
+
+def read_records(record: str, key: str) -> list[dict]:
+  with open(os.path.join(record, METRICS_FILE)) as f:
     return [r for r in map(json.loads, f) if key in r]
 
 
-def accuracy_curve(seed_dir: str, arm: str, offset: int) -> list[tuple[int, float]]:
+def read_result(out: str, run: str) -> dict:
+  with open(os.path.join(record_dir(out, run), RESULT_FILE)) as f:
+    return json.load(f)
+
+
+def accuracy_curve(out: str, seed: int, arm: str, offset: int) -> list[tuple[int, float]]:
   """(student update, held-out MLM accuracy) of one arm; `offset` = its phase-1 updates."""
-  records = read_records(os.path.join(seed_dir, arm), "eval/mlm_accuracy")
+  records = read_records(record_dir(out, f"seed{seed}/{arm}"), "eval/mlm_accuracy")
   return [(r["step"] + offset, r["eval/mlm_accuracy"]) for r in records]
 
 
-def step_rates(seed_dir: str) -> dict[str, dict[str, float]]:
+def step_rates(out: str, seed: int) -> dict[str, dict[str, float]]:
   """Median training throughput of every run of one seed (phase 1 of the full recipe apart).
 
   The medians leave out each run's compilations (a few logging windows).
   """
-  runs = {arm: os.path.join(seed_dir, arm) for arm in distill_demo.ARMS}
-  runs["full_recipe/phase1"] = os.path.join(seed_dir, "full_recipe", "phase1")
+  runs = {arm: record_dir(out, f"seed{seed}/{arm}") for arm in distill_demo.ARMS}
+  runs["full_recipe/phase1"] = os.path.join(runs["full_recipe"], "phase1")
   rates = {}
-  for name, workdir in runs.items():
-    records = read_records(workdir, "train/steps_per_sec")
+  for name, record in runs.items():
+    records = read_records(record, "train/steps_per_sec")
     rates[name] = {
       key: statistics.median(r[f"train/{key}"] for r in records)
       for key in ("steps_per_sec", "sequences_per_sec", "tflops_per_sec")
@@ -89,33 +257,17 @@ def step_rates(seed_dir: str) -> dict[str, dict[str, float]]:
   return rates
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--scale", choices=tuple(SCALES), default="demo")
-  parser.add_argument(
-    "--report_only",
-    action="store_true",
-    help="summarise and plot the finished seeds in --workdir without running anything",
-  )
-  args = parser.parse_args()
-  sizes = SCALES[args.scale]
-  seeds = [int(s) for s in args.seeds.split(",")]
-  os.makedirs(args.out, exist_ok=True)
-
-  teacher = os.path.join(args.workdir, "teacher")
-  per_seed, seconds, rates = {}, {}, {}
+def report(out: str, seeds: list[int], sizes: distill_demo.DemoSizes) -> None:
+  teacher = read_result(out, TEACHER)
+  per_seed, seconds, rates = {}, {"teacher": teacher["wall_seconds"]}, {}
   for seed in seeds:
-    seed_dir = os.path.join(args.workdir, f"seed{seed}")
-    if not args.report_only:
-      distill_demo.run_demo(seed_dir, sizes, seed=seed, teacher=teacher, teacher_seed=TEACHER_SEED)
-    with open(os.path.join(seed_dir, distill_demo.RESULTS_FILE)) as f:
-      finished = json.load(f)
-    per_seed[seed] = {k: finished[k] for k in ("teacher", *distill_demo.ARMS)}
-    seconds[seed] = finished["seconds"]
-    rates[seed] = step_rates(seed_dir)
+    results = {arm: read_result(out, f"seed{seed}/{arm}") for arm in distill_demo.ARMS}
+    per_seed[seed] = {"teacher": teacher["held_out"]["mlm_accuracy"]}
+    per_seed[seed].update({arm: r["held_out"]["mlm_accuracy"] for arm, r in results.items()})
+    seconds[seed] = {arm: r["wall_seconds"] for arm, r in results.items()}
+    rates[seed] = step_rates(out, seed)
+  teacher_records = read_records(record_dir(out, TEACHER), "train/steps_per_sec")
+  rates["teacher"] = statistics.median(r["train/steps_per_sec"] for r in teacher_records)
 
   summary = {}
   for name in ("teacher", *distill_demo.ARMS):
@@ -124,23 +276,23 @@ def main() -> None:
     summary[name] = {"mean": statistics.fmean(values), "std": std, "values": values}
   gap = summary["full_recipe"]["mean"] - summary["scratch"]["mean"]
   noise = max(summary["full_recipe"]["std"], summary["scratch"]["std"])
-  report = {
+  results = {
     "held_out_mlm_accuracy": summary,
+    "held_out": {run: read_result(out, run)["held_out"] for run in all_runs(seeds)},
     "full_recipe_minus_scratch": gap,
     "beats_scratch_by_two_std": gap > 2 * noise,
     "seconds": seconds,
     "median_train_rates": rates,
-    "sizes": sizes.__dict__,
+    "sizes": dataclasses.asdict(sizes),
     "seeds": seeds,
   }
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(report, f, indent=2)
-
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
   # Held-out MLM accuracy against student updates (mean ± std over seeds).
   phase1 = sizes.layers * sizes.steps_per_stage
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for arm, offset in (("scratch", 0), ("pretraining_distillation", 0), ("full_recipe", phase1)):
-    curves = [accuracy_curve(os.path.join(args.workdir, f"seed{s}"), arm, offset) for s in seeds]
+    curves = [accuracy_curve(out, s, arm, offset) for s in seeds]
     steps_ = [u for u, _ in curves[0]]
     values = [[a for _, a in c] for c in curves]
     mean = [statistics.fmean(v) for v in zip(*values, strict=True)]
@@ -155,12 +307,11 @@ def main() -> None:
   ax.set_ylabel("held-out MLM accuracy")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "mlm_accuracy.png"), dpi=120)
+  fig.savefig(os.path.join(out, "mlm_accuracy.png"), dpi=120)
 
-  # Phase 1's transfer terms (seed 0), one stage per block.
-  records = read_records(
-    os.path.join(args.workdir, f"seed{seeds[0]}", "full_recipe", "phase1"), "train/feature"
-  )
+  # Phase 1's transfer terms (the first seed), one stage per block.
+  phase1_record = os.path.join(record_dir(out, f"seed{seeds[0]}/full_recipe"), "phase1")
+  records = read_records(phase1_record, "train/feature")
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for term in TERMS:
     ax.plot([r["step"] for r in records], [max(r[f"train/{term}"], 1e-6) for r in records],
@@ -172,8 +323,44 @@ def main() -> None:
   ax.set_ylabel("factor-scaled term / L")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "transfer_losses.png"), dpi=120)
+  fig.savefig(os.path.join(out, "transfer_losses.png"), dpi=120)
   print(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True, help="records of finished runs, and the report")
+  parser.add_argument("--workdir", required=True, help="the runs' checkpoints and data")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--scale", choices=tuple(SCALES), default="demo")
+  parser.add_argument(
+    "--runs",
+    default="",
+    help="comma-separated runs to train now ('teacher', 'SEED/ARM'); default: every run of "
+    "--seeds that has no record yet",
+  )
+  parser.add_argument(
+    "--report_only",
+    action="store_true",
+    help="write the report from the records in --out without training anything",
+  )
+  args = parser.parse_args()
+  sizes = SCALES[args.scale]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.out, exist_ok=True)
+  if not args.report_only:
+    if args.runs:
+      names = args.runs.split(",")
+      runs = [r if r == TEACHER else "seed{}/{}".format(*parse_run(r)) for r in names]
+    else:
+      runs = [r for r in all_runs(seeds) if not os.path.exists(record_dir(args.out, r))]
+    for run in runs:
+      train(run, args.workdir, args.out, sizes)
+  missing = [r for r in all_runs(seeds) if not os.path.exists(record_dir(args.out, r))]
+  if missing:
+    print(f"no report yet: no record of {', '.join(missing)}")
+    return
+  report(args.out, seeds, sizes)
 
 
 if __name__ == "__main__":
