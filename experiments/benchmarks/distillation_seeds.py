@@ -38,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from mobilebert_jax import distill_demo
+from mobilebert_jax.errors import RunPreempted
 
 TERMS = ("feature", "attention", "mean", "variance")
 # Every seed's students learn from this one teacher.
@@ -355,7 +356,10 @@ def main() -> None:
     else:
       runs = [r for r in all_runs(seeds) if not os.path.exists(record_dir(args.out, r))]
     for run in runs:
-      train(run, args.workdir, args.out, sizes)
+      try:
+        train(run, args.workdir, args.out, sizes)
+      except RunPreempted as stopped:  # SIGTERM: checkpoint saved, the same command resumes
+        raise SystemExit(str(stopped)) from None
   missing = [r for r in all_runs(seeds) if not os.path.exists(record_dir(args.out, r))]
   if missing:
     print(f"no report yet: no record of {', '.join(missing)}")
