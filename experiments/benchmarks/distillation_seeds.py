@@ -140,7 +140,8 @@ def keep_run(run_dir: str, out_dir: str, held_out: dict, seconds: float) -> None
       shutil.copyfile(source, os.path.join(out_dir, sub, METRICS_FILE))
   result = {
     "held_out": held_out,
-    "wall_seconds": round(seconds, 1),
+    # A resumed run counts only its last invocation: the report's cost is steps / median rate.
+    "seconds_this_invocation": round(seconds, 1),
     "load_average_at_end": os.getloadavg(),
     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
   }
@@ -260,15 +261,26 @@ def step_rates(out: str, seed: int) -> dict[str, dict[str, float]]:
 
 def report(out: str, seeds: list[int], sizes: distill_demo.DemoSizes) -> None:
   teacher = read_result(out, TEACHER)
-  per_seed, seconds, rates = {}, {"teacher": teacher["wall_seconds"]}, {}
+  per_seed, seconds, rates = {}, {"teacher": teacher["seconds_this_invocation"]}, {}
   for seed in seeds:
     results = {arm: read_result(out, f"seed{seed}/{arm}") for arm in distill_demo.ARMS}
     per_seed[seed] = {"teacher": teacher["held_out"]["mlm_accuracy"]}
     per_seed[seed].update({arm: r["held_out"]["mlm_accuracy"] for arm, r in results.items()})
-    seconds[seed] = {arm: r["wall_seconds"] for arm, r in results.items()}
+    seconds[seed] = {arm: r["seconds_this_invocation"] for arm, r in results.items()}
     rates[seed] = step_rates(out, seed)
   teacher_records = read_records(record_dir(out, TEACHER), "train/steps_per_sec")
   rates["teacher"] = statistics.median(r["train/steps_per_sec"] for r in teacher_records)
+  # Training minutes at the median rate (no compilation, evaluation or waiting).
+  phase1 = sizes.layers * sizes.steps_per_stage
+  minutes = {"teacher": sizes.teacher_steps / rates["teacher"] / 60}
+  for seed in seeds:
+    r = {name: rate["steps_per_sec"] for name, rate in rates[seed].items()}
+    minutes[seed] = {
+      "scratch": sizes.student_steps / r["scratch"] / 60,
+      "pretraining_distillation": sizes.student_steps / r["pretraining_distillation"] / 60,
+      "full_recipe/phase1": phase1 / r["full_recipe/phase1"] / 60,
+      "full_recipe/phase2": (sizes.student_steps - phase1) / r["full_recipe"] / 60,
+    }
 
   summary = {}
   for name in ("teacher", *distill_demo.ARMS):
@@ -284,13 +296,14 @@ def report(out: str, seeds: list[int], sizes: distill_demo.DemoSizes) -> None:
     "beats_scratch_by_two_std": gap > 2 * noise,
     "seconds": seconds,
     "median_train_rates": rates,
+    "train_minutes_at_median_rate": minutes,
     "sizes": dataclasses.asdict(sizes),
     "seeds": seeds,
   }
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
+
   # Held-out MLM accuracy against student updates (mean ± std over seeds).
-  phase1 = sizes.layers * sizes.steps_per_stage
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for arm, offset in (("scratch", 0), ("pretraining_distillation", 0), ("full_recipe", phase1)):
     curves = [accuracy_curve(out, s, arm, offset) for s in seeds]
