@@ -9,23 +9,26 @@ each seed, the three students (scratch, pretraining distillation only, the full 
 with that seed's initialisation and batch order over the same instances and the same teacher.
 
 Every finished run is recorded under `OUT/runs/` (`teacher`, `seed0/scratch`, ...): its
-`metrics.jsonl` (phase 1's too) and `result.json` (held-out metrics, wall time). The teacher's
+`metrics.jsonl` (phase 1's too), `run_info.json` (code revision, parameter count) and
+`result.json` (held-out metrics, digests of its text and vocabulary, seconds). The teacher's
 record also holds its vocabulary and its final parameters as a parameters-only checkpoint that
 `--teacher` reads. So a comparison longer than one machine's life runs in parts (`--runs`
 names the runs of one invocation; two invocations with disjoint runs can share the cores), each
 part on a fresh machine once the records of the earlier parts are back in OUT, and the report
-is built from the records alone. Runs resume from their checkpoints in WORKDIR.
+is built from the records alone, after checking that every run read the same text and
+vocabulary. Runs resume from their checkpoints in WORKDIR.
 
-The report: `results.json` (per-seed held-out metrics, mean ± std, wall times, median training
-rates), `mlm_accuracy.png` (held-out MLM accuracy against student updates, mean ± std over seeds)
-and `transfer_losses.png` (phase 1's four transfer terms of the first seed, stage boundaries
-marked). It is written once every run of `--seeds` has a record.
+The report: `results.json` (per-seed held-out metrics, mean ± std, median training rates and
+the training minutes they imply), `mlm_accuracy.png` (held-out MLM accuracy against student
+updates, mean ± std over seeds) and `transfer_losses.png` (phase 1's four transfer terms of the
+first seed, stage boundaries marked). It is written once every run of `--seeds` has a record.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -92,7 +95,7 @@ def all_runs(seeds: list[int]) -> list[str]:
 
 
 def parse_run(name: str) -> tuple[int, str]:
-  """ "seed1/scratch" or "1/scratch" -> (1, "scratch")."""
+  """Parses "seed1/scratch" (or "1/scratch") into (1, "scratch")."""
   seed, _, arm = name.partition("/")
   seed = seed.removeprefix("seed")
   if not seed.isdigit() or arm not in distill_demo.ARMS:
@@ -131,15 +134,32 @@ def prepare(workdir: str, seed: int, sizes: distill_demo.DemoSizes, teacher: str
   return distill_demo.demo_vocabulary(data[0], sizes, data_dir, teacher), data
 
 
-def keep_run(run_dir: str, out_dir: str, held_out: dict, seconds: float) -> None:
-  """Copies a finished run's metrics into its record and writes its `result.json`."""
+def sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def keep_run(
+  run_dir: str, out_dir: str, held_out: dict, seconds: float, inputs: dict[str, str]
+) -> None:
+  """Copies a finished run's logs into its record and writes its `result.json`.
+
+  Args:
+    run_dir: the run's workdir.
+    out_dir: its record.
+    held_out: the held-out metrics the trainer returned.
+    seconds: this invocation's wall time.
+    inputs: name -> path of the files the run read (text, vocabulary), recorded as digests.
+  """
   for sub in ("", "phase1"):
-    source = os.path.join(run_dir, sub, METRICS_FILE)
-    if os.path.exists(source):
-      os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-      shutil.copyfile(source, os.path.join(out_dir, sub, METRICS_FILE))
+    for name in (METRICS_FILE, "run_info.json"):
+      source = os.path.join(run_dir, sub, name)
+      if os.path.exists(source):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        shutil.copyfile(source, os.path.join(out_dir, sub, name))
   result = {
     "held_out": held_out,
+    "input_sha256": {name: sha256(path) for name, path in inputs.items()},
     # A resumed run counts only its last invocation: the report's cost is steps / median rate.
     "seconds_this_invocation": round(seconds, 1),
     "load_average_at_end": os.getloadavg(),
@@ -200,7 +220,8 @@ def train(run: str, workdir: str, out: str, sizes: distill_demo.DemoSizes) -> No
     vocab, data = prepare(workdir, TEACHER_SEED, sizes, teacher)
     config = distill_demo.teacher_config(sizes, vocab, data, TEACHER_SEED)
     held_out = pretraining.train_and_evaluate(config, teacher)
-    keep_run(teacher, record_dir(out, run), held_out, time.time() - started)
+    inputs = {"train": data[0], "heldout": data[1], "vocab": vocab}
+    keep_run(teacher, record_dir(out, run), held_out, time.time() - started, inputs)
     keep_teacher_weights(teacher, record_dir(out, run))
     return
   seed, arm = parse_run(run)
@@ -218,7 +239,8 @@ def train(run: str, workdir: str, out: str, sizes: distill_demo.DemoSizes) -> No
       sizes, vocab, data, teacher, layer_wise=layer_wise, seed=seed
     )
     held_out = distillation.train_and_evaluate(config, run_dir)
-  keep_run(run_dir, record_dir(out, f"seed{seed}/{arm}"), held_out, time.time() - started)
+  inputs = {"train": data[0], "heldout": data[1], "vocab": vocab}
+  keep_run(run_dir, record_dir(out, f"seed{seed}/{arm}"), held_out, time.time() - started, inputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +281,17 @@ def step_rates(out: str, seed: int) -> dict[str, dict[str, float]]:
   return rates
 
 
+def check_same_inputs(out: str, runs: list[str]) -> None:
+  """Raises unless every run read the same text and vocabulary (runs in parts may not)."""
+  digests = {run: read_result(out, run)["input_sha256"] for run in runs}
+  first = digests[runs[0]]
+  differing = [run for run, digest in digests.items() if digest != first]
+  if differing:
+    raise SystemExit(f"{', '.join(differing)} read other text or vocabulary than {runs[0]}")
+
+
 def report(out: str, seeds: list[int], sizes: distill_demo.DemoSizes) -> None:
+  check_same_inputs(out, all_runs(seeds))
   teacher = read_result(out, TEACHER)
   per_seed, seconds, rates = {}, {"teacher": teacher["seconds_this_invocation"]}, {}
   for seed in seeds:
