@@ -183,6 +183,7 @@ def keep_teacher_weights(teacher_dir: str, out_dir: str) -> None:
   from mobilebert_jax.model.models import MobileBertForPreTraining, abstract_params
   from mobilebert_jax.train import checkpointing, initialization
 
+  out_dir = os.path.abspath(out_dir)  # Orbax writes only to absolute paths
   root, _ = initialization.find_checkpoint(teacher_dir)
   metadata = checkpointing.read_metadata(root)
   step = str(metadata["step"])
