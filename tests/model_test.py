@@ -297,13 +297,40 @@ def test_remat_policies_give_identical_outputs_and_gradients(
   config, params, (reference_loss, reference_grads) = remat_reference(scan_layers)
   loss, grads = loss_and_grads(config.replace(remat_policy=policy), params, inputs)
   assert float(loss) == float(reference_loss)  # the forward pass is the same computation
-  flat_ref = traverse_util.flatten_dict(reference_grads, sep="/")
-  flat = traverse_util.flatten_dict(grads, sep="/")
+  flat_ref, noise_ref = split_zero_by_symmetry(reference_grads, config.num_hidden_layers)
+  flat, noise = split_zero_by_symmetry(grads, config.num_hidden_layers)
   assert set(flat) == set(flat_ref)
   for path in flat_ref:
     # Rematerialisation recomputes the same operations: the gradients are equal to the bit.
-    np.testing.assert_array_equal(np.asarray(flat[path]), np.asarray(flat_ref[path]), path)
-  assert sum(float(jnp.max(jnp.abs(g))) > 0 for g in flat.values()) > len(flat) // 2
+    np.testing.assert_array_equal(flat[path], flat_ref[path], path)
+  assert sum(float(np.max(np.abs(g))) > 0 for g in flat.values()) > len(flat) // 2
+  largest = max(float(np.max(np.abs(g))) for g in flat_ref.values())
+  for g in noise + noise_ref:
+    assert float(np.max(np.abs(g))) < 1e-6 * largest  # rounding noise, and no more
+
+
+def split_zero_by_symmetry(grads: Any, num_layers: int) -> tuple[dict[str, np.ndarray], list]:
+  """Splits the QA gradients into those with a value and those that are zero in exact arithmetic.
+
+  The span loss is a softmax over positions, unchanged by a shift shared by every position's
+  logits. So the QA bias and the last block's output-norm bias (which moves every position's final
+  hidden state alike) have no gradient: in fp32 theirs is the rounding noise of cancelling sums,
+  whose bits follow the summation order XLA picks for each program. A remat program may sum in
+  another order (seen on AMD EPYC: ~3e-9 apart, against a largest gradient of ~0.9).
+
+  Returns:
+    ({path: gradient}, [the zero-by-symmetry gradients]); a scanned stack keeps its other layers.
+  """
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(grads, sep="/").items()}
+  noise = [flat.pop("qa_outputs/bias")]
+  last_output_bias = f"mobilebert/encoder/layer_{num_layers - 1}/bottleneck_output/norm/bias"
+  stacked_output_bias = "mobilebert/encoder/layers/bottleneck_output/norm/bias"
+  if last_output_bias in flat:
+    noise.append(flat.pop(last_output_bias))
+  else:  # scan_layers: the blocks' biases are stacked on a leading axis
+    noise.append(flat[stacked_output_bias][-1])
+    flat[stacked_output_bias] = flat[stacked_output_bias][:-1]
+  return flat, noise
 
 
 # ----------------------------------------------------------------------------------------------
