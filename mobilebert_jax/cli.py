@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
@@ -371,6 +372,7 @@ def run(
       _fail(prog, _one_line(e), usage_hint=False)
 
   sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
+  std_logging.getLogger("asyncio").addFilter(_UnretrievedCheckpointWriteErrors())
   app.run(app_main, flags_parser=flags_parser)
 
 
@@ -390,6 +392,32 @@ def _without_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[
     previous(unraisable)
 
   return hook
+
+
+class _UnretrievedCheckpointWriteErrors(std_logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" reports of failed checkpoint writes.
+
+  A checkpoint write that fails (a full disk, a file-size limit) fails in many of Orbax's
+  concurrent array writes at once. Orbax re-raises one error, which the run reports as one line
+  (`checkpointing.CheckpointWriteError`); asyncio logs each of the others, with its traceback,
+  when it collects the failed task or future, often at exit after that line. Dropped: reports
+  whose traceback runs through Orbax's checkpoint code, and those of errors with no Python
+  frames at all (TensorStore's futures fail in C++; nothing else in these commands runs asyncio).
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    first_line = record.getMessage().split("\n", 1)[0]
+    if not (record.exc_info and first_line.endswith("exception was never retrieved")):
+      return True
+    files = []
+    traceback = record.exc_info[2]
+    while traceback is not None:
+      files.append(traceback.tb_frame.f_code.co_filename)
+      traceback = traceback.tb_next
+    return bool(files) and not any(_ORBAX_CHECKPOINT_SOURCES in file for file in files)
+
+
+_ORBAX_CHECKPOINT_SOURCES = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
 
 
 def _one_line(error: BaseException) -> str:
@@ -453,5 +481,6 @@ class TrainingCommand:
   def _execute_quietly(self, parsed: flags.FlagValues) -> None:
     from mobilebert_jax.train import summaries  # JAX-free until a command runs
 
-    with summaries.quiet_library_logs():
-      self._execute(parsed)
+    # Until exit, not just while the command runs: see `quiet_library_logs_until_exit`.
+    summaries.quiet_library_logs_until_exit()
+    self._execute(parsed)

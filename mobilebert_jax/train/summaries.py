@@ -196,12 +196,31 @@ def quiet_library_logs(
     level: the lowest level still shown: WARNING hides INFO and DEBUG chatter; ERROR also
       hides warnings (Orbax warns about routine things, e.g. every read-only open).
   """
-  quiet = _LibraryLogFilter(libraries, level)
-  targets = [absl_logging.get_absl_logger(), *logging.getLogger().handlers]
-  for target in targets:
-    target.addFilter(quiet)
+  quiet, targets = _add_library_log_filter(libraries, level)
   try:
     yield
   finally:
     for target in targets:
       target.removeFilter(quiet)
+
+
+def quiet_library_logs_until_exit(
+  libraries: Sequence[str] = ("orbax",), level: int = logging.WARNING
+) -> None:
+  """`quiet_library_logs` for the rest of the process: for console scripts, not notebooks.
+
+  A library's threads may still be finishing, and logging, while the interpreter exits: after
+  a failed checkpoint write, Orbax's writer threads log their part of the failure after the
+  command has reported it in one line.
+  """
+  _add_library_log_filter(libraries, level)
+
+
+def _add_library_log_filter(
+  libraries: Sequence[str], level: int
+) -> tuple[_LibraryLogFilter, list[logging.Filterer]]:
+  quiet = _LibraryLogFilter(libraries, level)
+  targets = [absl_logging.get_absl_logger(), *logging.getLogger().handlers]
+  for target in targets:
+    target.addFilter(quiet)
+  return quiet, targets
