@@ -9,7 +9,8 @@ set of files:
 * a tqdm bar on stderr with steps/s, time left and the latest loss.
 
 `quiet_library_logs()` keeps chatty libraries' INFO lines (Orbax logs a dozen per checkpoint) out
-of the training log, for the command line and notebooks alike.
+of the training log, for the command line and notebooks alike (the command lines keep it until
+the process exits: `quiet_library_logs_until_exit()`).
 """
 
 from __future__ import annotations
