@@ -372,7 +372,7 @@ def run(
       _fail(prog, _one_line(e), usage_hint=False)
 
   sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
-  std_logging.getLogger("asyncio").addFilter(_UnretrievedCheckpointWriteErrors())
+  std_logging.getLogger("asyncio").addFilter(_UNRETRIEVED_CHECKPOINT_WRITE_ERRORS)  # once only
   app.run(app_main, flags_parser=flags_parser)
 
 
@@ -418,6 +418,7 @@ class _UnretrievedCheckpointWriteErrors(std_logging.Filter):
 
 
 _ORBAX_CHECKPOINT_SOURCES = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+_UNRETRIEVED_CHECKPOINT_WRITE_ERRORS = _UnretrievedCheckpointWriteErrors()
 
 
 def _one_line(error: BaseException) -> str:
