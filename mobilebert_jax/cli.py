@@ -31,6 +31,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -409,11 +410,7 @@ class _UnretrievedCheckpointWriteErrors(std_logging.Filter):
     first_line = record.getMessage().split("\n", 1)[0]
     if not (record.exc_info and first_line.endswith("exception was never retrieved")):
       return True
-    files = []
-    traceback = record.exc_info[2]
-    while traceback is not None:
-      files.append(traceback.tb_frame.f_code.co_filename)
-      traceback = traceback.tb_next
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(record.exc_info[2])]
     return bool(files) and not any(_ORBAX_CHECKPOINT_SOURCES in file for file in files)
 
 
